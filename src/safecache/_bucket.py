@@ -1,0 +1,476 @@
+"""A ``Bucket``: a named, versioned namespace of entries in a cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+
+from . import _format, _fs, _keys, _locks, _osops, _policy
+from ._errors import CacheReadOnlyError, LockTimeoutError
+from ._format import HEADER_SIZE, Invalid
+from ._location import DISABLED, READ_ONLY, READY
+from ._stats import Counters
+
+if TYPE_CHECKING:
+    from typing import IO, Callable, Iterable, Union
+
+    from ._cache import Cache
+
+    Key = object  # str, bytes, or a structured key: see docs/keys.md
+    Source = Union[bytes, bytearray, memoryview, IO[bytes], Iterable[bytes]]
+
+#: Use is recorded by refreshing an entry's mtime at most this often (Go).
+MTIME_INTERVAL_NS = 3600 * 10**9
+#: Entries up to this size are read in one system call.
+_BLOCK = 1 << 16
+#: Streaming chunk size.
+_CHUNK = 1 << 20
+#: Corrupt entries are removed best-effort: do not spend the retry budget.
+_CLEANUP_BUDGET = 0.05
+
+
+class Bucket:
+    """A namespace of entries: ``put``, ``get``, ``delete``, ``in``,
+    ``get_or_create``, and streaming with ``put_stream``/``open``.
+
+    Obtain one with :meth:`Cache.bucket`.  Every method follows the cache's
+    error policy: in lenient mode no method raises because of the cache.
+    """
+
+    def __init__(self, cache: Cache, name: str, version: int) -> None:
+        self.cache = cache
+        self.name = name
+        self.version = version
+        self.counters = Counters()
+        self._label = f"{name}/v{version}"
+        if cache.path is not None:
+            self.directory: str | None = os.path.join(cache.path, "buckets", name, f"v{version}")
+            self._locks_dir: str | None = os.path.join(cache.path, "locks", name, f"v{version}")
+        else:
+            self.directory = self._locks_dir = None
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self._label} of {self.cache!r}>"
+
+    # -- paths -------------------------------------------------------------------
+    def path_for(self, key: Key) -> str | None:
+        """The file that holds ``key``'s entry (None when the cache is disabled)."""
+        if self.directory is None:
+            return None
+        digest = _keys.key_digest(key)
+        return os.path.join(self.directory, digest[:2], digest)
+
+    def _debug(self, op: str, key: Key, digest: str, outcome: str) -> None:
+        from ._cache import _stderr
+
+        _stderr(f"safecache: {self._label} {op} {outcome}: key={_keys.describe_key(key)} digest={digest}")
+
+    # -- reading -----------------------------------------------------------------
+    def get(self, key: Key) -> bytes | None:
+        """Return the bytes stored for ``key``, or None.
+
+        Returns exactly the bytes one ``put`` stored, or None: a missing,
+        truncated, corrupt or unreadable entry is a miss (a corrupt one is
+        also removed and counted).
+        """
+        cache = self.cache
+        directory = self.directory
+        if directory is None or cache.state is DISABLED:
+            return None
+        digest = _keys.key_digest(key)
+        path = f"{directory}{os.sep}{digest[:2]}{os.sep}{digest}"
+        counters = self.counters
+        fd = -1
+        try:
+            opened = _fs.read_file(path, budget=cache.retry_budget)
+            if opened is None:
+                counters.misses += 1
+                if cache.debug_keys:
+                    self._debug("get", key, digest, "miss")
+                return None
+            fd, block = opened
+            raw = bytes.fromhex(digest)
+            if len(block) < _BLOCK:
+                header, payload = _format.decode_small(block, raw)
+            else:
+                header, payload = self._read_large(fd, block, raw)
+            if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
+                self._mark_used(fd, path)
+        except Invalid as invalid:
+            self._corrupt(path, fd, invalid)
+            if cache.debug_keys:
+                self._debug("get", key, digest, f"miss ({invalid.reason})")
+            return None
+        except OSError as exc:
+            counters.misses += 1
+            counters.error(cache._failed("get", exc, path))
+            return None
+        finally:
+            if fd >= 0:
+                _osops.current.close(fd)
+        counters.hits += 1
+        counters.bytes_read += len(payload)
+        if cache.debug_keys:
+            self._debug("get", key, digest, "hit")
+        return payload
+
+    def _read_large(self, fd: int, block: bytes, digest: bytes) -> tuple[_format.Header, bytes]:
+        header = _format.parse_header(block, digest)
+        size = _osops.current.fstat(fd).st_size
+        if size != HEADER_SIZE + header.length:
+            raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
+        # The size is the real file's, so this allocation is bounded by what
+        # is on disk, never by the length field alone.
+        rest = _fs.read_exact(fd, size - len(block))
+        payload = block[HEADER_SIZE:] + rest
+        if len(payload) != header.length:
+            raise Invalid("truncated", "file shrank while being read")
+        if _format.crc32(payload) != header.payload_crc:
+            raise Invalid("bad-checksum")
+        return header, payload
+
+    def _mark_used(self, fd: int, path: str) -> None:
+        """Refresh the mtime (the LRU clock) if it is over an hour old."""
+        try:
+            if time.time() - _osops.current.fstat(fd).st_mtime > MTIME_INTERVAL_NS / 1e9:
+                _fs.touch(path)
+        except OSError:
+            pass  # recording use is best effort: a read-only cache cannot
+
+    def _corrupt(self, path: str, fd: int, invalid: Invalid) -> None:
+        """Count a bad entry as a miss and remove it (unless it is merely from
+        a newer safecache), taking care not to remove a good entry that
+        another process put there since we opened the bad one."""
+        self.counters.misses += 1
+        _policy.logger().info("safecache: %s: invalid entry %s (%s)", self._label, path, invalid)
+        if invalid.reason == "unsupported-version":
+            return
+        self.counters.corrupt_removed += 1
+        if self.cache.state is not READY:
+            return
+        ops = _osops.current
+        try:
+            if fd >= 0:
+                mine = ops.fstat(fd)
+                theirs = ops.lstat(path)
+                if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+                    return
+            _fs.remove(path, budget=_CLEANUP_BUDGET)
+        except OSError:
+            pass
+
+    def __contains__(self, key: Key) -> bool:
+        """True if an entry for ``key`` is present with a valid header and length.
+
+        The payload checksum is not read (``get`` checks it), so a True here
+        can still be followed by a miss if the payload is damaged.
+        """
+        cache = self.cache
+        if self.directory is None or cache.state is DISABLED:
+            return False
+        digest = _keys.key_digest(key)
+        path = os.path.join(self.directory, digest[:2], digest)
+        ops = _osops.current
+        try:
+            opened = _fs.read_file(path, budget=cache.retry_budget)
+            if opened is None:
+                return False
+            fd, block = opened
+            try:
+                header = _format.parse_header(block, bytes.fromhex(digest))
+                return ops.fstat(fd).st_size == HEADER_SIZE + header.length
+            finally:
+                ops.close(fd)
+        except Invalid:
+            return False
+        except OSError as exc:
+            self.counters.error(cache._failed("contains", exc, path))
+            return False
+
+    def open(self, key: Key) -> IO[bytes] | None:
+        """Return a binary file object reading ``key``'s value, or None.
+
+        The whole entry is verified before this returns (in chunks: memory
+        does not grow with the value's size), so the stream never yields
+        bytes that fail their checksum.  Close it (or use ``with``) promptly:
+        on Windows an open reader makes writers of the same key wait.
+        """
+        cache = self.cache
+        if self.directory is None or cache.state is DISABLED:
+            return None
+        digest = _keys.key_digest(key)
+        path = os.path.join(self.directory, digest[:2], digest)
+        ops = _osops.current
+        fd = -1
+        try:
+            opened = _fs.read_file(path, budget=cache.retry_budget)
+            if opened is None:
+                self.counters.misses += 1
+                return None
+            fd, block = opened
+            raw = bytes.fromhex(digest)
+            if len(block) < _BLOCK:
+                header, payload = _format.decode_small(block, raw)
+                self.counters.hits += 1
+                self.counters.bytes_read += len(payload)
+                return io.BytesIO(payload)
+            header = _format.parse_header(block, raw)
+            size = ops.fstat(fd).st_size
+            if size != HEADER_SIZE + header.length:
+                raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
+            crc = _format.crc32(block[HEADER_SIZE:])
+            seen = len(block) - HEADER_SIZE
+            while True:
+                chunk = ops.read(fd, _CHUNK)
+                if not chunk:
+                    break
+                crc = _format.crc32(chunk, crc)
+                seen += len(chunk)
+            if seen != header.length:
+                raise Invalid("truncated", "file shrank while being read")
+            if crc != header.payload_crc:
+                raise Invalid("bad-checksum")
+            if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
+                self._mark_used(fd, path)
+            ops.lseek(fd, HEADER_SIZE, os.SEEK_SET)
+            stream = io.open(fd, "rb", buffering=_CHUNK, closefd=True)
+            fd = -1  # owned by the stream now
+            self.counters.hits += 1
+            self.counters.bytes_read += header.length
+            return stream
+        except Invalid as invalid:
+            self._corrupt(path, fd, invalid)
+            return None
+        except OSError as exc:
+            self.counters.misses += 1
+            self.counters.error(cache._failed("open", exc, path))
+            return None
+        finally:
+            if fd >= 0:
+                ops.close(fd)
+
+    # -- writing -----------------------------------------------------------------
+    def _writable(self, operation: str) -> bool:
+        cache = self.cache
+        if cache.state is READY:
+            return cache._ensure_root()
+        if cache.strict and cache.state is READ_ONLY:
+            raise CacheReadOnlyError(
+                f"cannot {operation}: {cache.state_reason}", filename=cache.path, operation=operation
+            )
+        return False
+
+    def put(self, key: Key, data: bytes | bytearray | memoryview, *, kind: str = "built") -> bool:
+        """Store ``data`` under ``key``.
+
+        Returns True when the entry is stored or an identical entry was
+        already there (then nothing is written, so readers holding it open on
+        Windows are not disturbed); False when nothing could be stored (the
+        cache is disabled or read-only, or the write failed: see the warning).
+        ``kind`` is ``"built"`` (expensive to make: computed here) or
+        ``"fetched"`` (cheap to get again: downloaded); pruning for CI keeps
+        the first and drops the second.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}; use put_stream() for files")
+        kind_code = _kind(kind)
+        if self.directory is None or not self._writable("put"):
+            return False
+        cache = self.cache
+        digest = _keys.key_digest(key)
+        raw = bytes.fromhex(digest)
+        path = f"{self.directory}{os.sep}{digest[:2]}{os.sep}{digest}"
+        length = len(data) if not isinstance(data, memoryview) else data.nbytes
+        crc = _format.crc32(data)
+        try:
+            if self._identical(path, raw, length, crc, kind_code):
+                if cache.debug_keys:
+                    self._debug("put", key, digest, "identical entry already there")
+                return True
+            header = _format.pack_header(length, time.time_ns(), raw, crc, kind_code)
+            _fs.write_file(path, (header, data), durable=cache.durable, budget=cache.retry_budget)
+        except OSError as exc:
+            self.counters.error(cache._failed("put", exc, path))
+            return False
+        self.counters.writes += 1
+        self.counters.bytes_written += length
+        if cache.debug_keys:
+            self._debug("put", key, digest, "stored")
+        return True
+
+    def put_stream(self, key: Key, source: Source, *, kind: str = "built") -> bool:
+        """Store a value read from ``source`` without holding it in memory.
+
+        ``source`` is a binary file object (read in 1 MiB chunks) or an
+        iterable of bytes.  Returns as :meth:`put`.  An exception raised by
+        ``source`` itself propagates (it is the caller's, not the cache's),
+        and nothing is stored.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return self.put(key, source, kind=kind)
+        kind_code = _kind(kind)
+        if self.directory is None or not self._writable("put"):
+            return False
+        cache = self.cache
+        digest = _keys.key_digest(key)
+        raw = bytes.fromhex(digest)
+        path = os.path.join(self.directory, digest[:2], digest)
+        state = {"crc": 0, "length": 0}
+
+        def chunks() -> Iterable[bytes]:
+            yield bytes(HEADER_SIZE)  # room for the header, written last
+            for chunk in _iter_source(source):
+                state["crc"] = _format.crc32(chunk, state["crc"])
+                state["length"] += len(chunk)
+                yield chunk
+
+        def header() -> bytes:
+            return _format.pack_header(state["length"], time.time_ns(), raw, state["crc"], kind_code)
+
+        try:
+            _fs.write_file(path, chunks(), header=header, durable=cache.durable, budget=cache.retry_budget)
+        except _SourceError as err:
+            raise err.original from None
+        except OSError as exc:
+            self.counters.error(cache._failed("put", exc, path))
+            return False
+        self.counters.writes += 1
+        self.counters.bytes_written += state["length"]
+        return True
+
+    def _identical(self, path: str, digest: bytes, length: int, crc: int, kind: int) -> bool:
+        """Whether ``path`` already holds an entry with this length, checksum and kind."""
+        ops = _osops.current
+        try:
+            st = ops.lstat(path)
+        except FileNotFoundError:
+            return False
+        if st.st_size != HEADER_SIZE + length:
+            return False
+        try:
+            fd = ops.open(path, _osops.READ_FLAGS)
+        except OSError:
+            return False
+        try:
+            header = _format.parse_header(ops.read(fd, HEADER_SIZE), digest)
+        except (Invalid, OSError):
+            return False
+        finally:
+            ops.close(fd)
+        return header.length == length and header.payload_crc == crc and header.kind == kind
+
+    def delete(self, key: Key) -> bool:
+        """Remove ``key``'s entry.  True if one was removed; False if there was
+        none or it could not be removed (see the warning)."""
+        cache = self.cache
+        if self.directory is None or cache.state is DISABLED:
+            return False
+        if cache.state is READ_ONLY:
+            if cache.strict:
+                raise CacheReadOnlyError(f"cannot delete: {cache.state_reason}", filename=cache.path, operation="delete")
+            return False
+        path = self.path_for(key)
+        assert path is not None
+        try:
+            return _fs.remove(path, budget=cache.retry_budget)
+        except OSError as exc:
+            self.counters.error(cache._failed("delete", exc, path))
+            return False
+
+    # -- compute once --------------------------------------------------------------
+    def get_or_create(
+        self,
+        key: Key,
+        factory: Callable[[], bytes],
+        *,
+        kind: str = "built",
+        timeout: float | None = None,
+    ) -> bytes:
+        """Return ``key``'s value, calling ``factory()`` to make it if missing.
+
+        Among threads and processes asking for the same missing key at once,
+        one runs ``factory``; the others wait for its lock (at most
+        ``timeout`` seconds, default the cache's ``lock_timeout``) and then
+        read what it stored.  If the computing process dies, the OS releases
+        its lock and a waiter takes over.  Exceptions from ``factory``
+        propagate unchanged and nothing is stored.
+
+        When the cache cannot store (disabled, read-only, full) the factory
+        runs and its result is returned anyway.  If the lock cannot be taken
+        (timeout, or a file system without locks) the factory runs without
+        it, with one warning; strict mode raises ``LockTimeoutError`` or
+        ``LockUnsupportedError`` instead.  Raises ``TypeError`` if the factory
+        returns something other than bytes.
+        """
+        _kind(kind)
+        value = self.get(key)
+        if value is not None:
+            return value
+        cache = self.cache
+        if self.directory is None or cache.state is not READY:
+            if cache.strict and cache.state is READ_ONLY:
+                raise CacheReadOnlyError(
+                    f"cannot store a computed value: {cache.state_reason}", filename=cache.path, operation="get_or_create"
+                )
+            return _checked(factory())
+        digest = _keys.key_digest(key)
+        assert self._locks_dir is not None
+        lock = _locks.FileLock(
+            os.path.join(self._locks_dir, digest[:2], digest + ".lock"),
+            timeout=cache.lock_timeout if timeout is None else timeout,
+        )
+        try:
+            lock.acquire()
+        except LockTimeoutError as exc:
+            self.counters.error(cache._failed("get_or_create", exc, lock.path, lock=True))
+        except OSError as exc:
+            self.counters.error(cache._failed("lock", exc, lock.path, lock=True))
+        try:
+            if lock.locked:
+                value = self.get(key)  # made by the process we waited for
+                if value is not None:
+                    return value
+            value = _checked(factory())
+            self.put(key, value, kind=kind)
+            return value
+        finally:
+            lock.release()
+
+
+def _kind(kind: str) -> int:
+    try:
+        return _format.KINDS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"kind must be 'built' or 'fetched', not {kind!r}") from None
+
+
+def _checked(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"factory must return bytes, not {type(value).__name__}")
+
+
+class _SourceError(Exception):
+    """Wraps an exception raised by the caller's source so it is not mistaken
+    for a cache failure."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+
+def _iter_source(source: Source) -> Iterable[bytes]:
+    read = getattr(source, "read", None)
+    try:
+        if read is not None:
+            while True:
+                chunk = read(_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        else:
+            for chunk in source:  # type: ignore[union-attr]
+                yield chunk
+    except Exception as exc:  # noqa: BLE001
+        raise _SourceError(exc) from exc

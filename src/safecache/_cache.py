@@ -1,0 +1,263 @@
+"""The ``Cache``: a root directory, its state, and the error policy in force."""
+
+from __future__ import annotations
+
+import _thread
+import errno
+import os
+import sys
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+
+from . import _errors, _fs, _location, _policy
+from ._location import DISABLED, READ_ONLY, READY, Location
+
+if TYPE_CHECKING:
+    from ._bucket import Bucket
+
+_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_CHARS = _NAME_START | frozenset("._-")
+# Names Windows reserves in every directory, with or without an extension.
+_WINDOWS_RESERVED = frozenset(
+    ["con", "prn", "aux", "nul"] + [f"{p}{i}" for p in ("com", "lpt") for i in range(10)]
+)
+
+
+def valid_bucket_name(name: str) -> bool:
+    """1-64 characters of a-z 0-9 . _ -, starting with a letter or digit, not
+    a Windows reserved device name (with or without an extension)."""
+    return (
+        0 < len(name) <= 64
+        and name[0] in _NAME_START
+        and all(c in _NAME_CHARS for c in name)
+        and name.split(".", 1)[0] not in _WINDOWS_RESERVED
+    )
+
+BUCKETS_DIR = "buckets"
+LOCKS_DIR = "locks"
+
+
+class Cache:
+    """An on-disk cache rooted in one directory, shared by any number of processes.
+
+    ``Cache(path)`` uses ``path``.  Without a path the root is, in order: the
+    application's own environment variable (``env_var``, e.g.
+    ``"MYTOOL_CACHE_DIR"``), ``SAFECACHE_DIR``, then the platform's user cache
+    directory for ``app_name``.  ``enabled=False``, ``SAFECACHE_DISABLE=1`` or
+    the application's ``disable_env`` variable turn caching off: every get
+    misses and every put is a no-op.
+
+    Opening a cache writes nothing; the root and its markers (``CACHEDIR.TAG``,
+    ``.gitignore``, ``README``) are created by the first write.  A root that
+    cannot be written is opened read-only (hits are served); one that cannot be
+    read is disabled.  Either says so once, as a :class:`CacheWarning`.
+
+    **Errors.**  By default (lenient) no cache operation raises because of the
+    cache: a failure is a miss or a no-op, with one ``CacheWarning`` per cause
+    per root per process and details on the ``safecache`` logger.  With
+    ``strict=True`` failures raise :class:`CacheError` subclasses instead.
+    Programming errors (an unsupported key type, an invalid bucket name, a
+    factory returning ``str``) raise ``TypeError``/``ValueError`` in both modes.
+
+    **Concurrency contract.**
+
+    * Safe: any number of threads and processes on one machine, on Linux,
+      macOS and Windows, reading and writing the same keys at once.  A get
+      returns exactly the bytes one put stored, or ``None``.  Writers never
+      modify a file in place; each entry is written to a temp file beside it
+      and renamed into place, so a reader sees an old entry or a new one,
+      never a mix.  A process killed at any moment leaves at worst a temp file
+      (removed by maintenance) and never a readable torn entry: every entry is
+      checked against its length and CRC-32, and a bad one reads as a miss and
+      is removed.
+    * Safe on Windows too: readers open entries with ``FILE_SHARE_DELETE``;
+      an entry identical to the one being written is left alone instead of
+      replaced; "in use" errors (5, 32, 33) are retried within
+      ``retry_budget`` seconds, then the write is skipped (the entry already
+      there stays valid).
+    * ``get_or_create`` runs the factory once among the processes asking for
+      the same missing key, using OS file locks that die with their holder.
+    * Not safe: a root on a network file system without working locks (NFS
+      without lockd, some SMB mounts) or shared by machines with different
+      clocks: entries stay correct (checksums), but compute-once degrades to
+      compute-possibly-twice, and safecache warns once when locking fails.
+      Share across machines with a remote tier instead.
+    * Not safe: another program writing inside the root.  Changes it makes
+      are detected (checksums) but never repaired.
+    * Without ``durable=True`` nothing is fsynced (uv, Go and ccache do the
+      same): after a power loss recent entries may be missing or read as
+      misses, never as wrong bytes.
+
+    Usable as a context manager; ``close()`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        app_name: str | None = None,
+        env_var: str | None = None,
+        disable_env: str | None = None,
+        enabled: bool | None = None,
+        strict: bool = False,
+        durable: bool = False,
+        retry_budget: float = _fs.DEFAULT_RETRY_BUDGET,
+        lock_timeout: float = 600.0,
+    ) -> None:
+        if env_var is None and app_name:
+            env_var = "".join(c if c.isascii() and c.isalnum() else "_" for c in app_name.upper()) + "_CACHE_DIR"
+        self.app_name = app_name
+        self.strict = strict
+        self.durable = durable
+        self.retry_budget = float(retry_budget)
+        self.lock_timeout = float(lock_timeout)
+        self.debug_keys = _location.env_truthy(os.environ.get("SAFECACHE_DEBUG_KEYS"))
+        self._lock = _thread.allocate_lock()
+        self._buckets: dict[tuple[str, int], Bucket] = {}
+        self._root_ready = False
+        self._closed = False
+        self.location: Location = _location.resolve(
+            path, app_name=app_name, env_var=env_var, disable_env=disable_env, enabled=enabled
+        )
+        self.path: str | None = self.location.path
+        self.state_reason = ""
+        if self.path is None:
+            self.state = DISABLED
+            self.state_reason = self.location.source
+            return
+        try:
+            probed = _location.probe(self.path)
+        except OSError as exc:  # a probe failure disables; nothing raises
+            probed = _location.RootState(DISABLED, f"the cache directory could not be examined: {exc}", "unavailable")
+        self.state = probed.state
+        self.state_reason = probed.reason
+        if probed.state != READY:
+            if strict and probed.state == DISABLED:
+                cls = _errors.CachePermissionError if probed.cause == "permission" else _errors.CacheUnavailableError
+                raise cls(probed.reason, filename=self.path, operation="open", cause=probed.cause or None)
+            self._announce(probed.cause or "unavailable", probed.reason)
+
+    # -- public ------------------------------------------------------------
+    def bucket(self, name: str, version: int = 0) -> Bucket:
+        """Return the bucket ``name`` at ``version``.
+
+        ``name`` is 1-64 characters of ``a-z 0-9 . _ -`` starting with a letter
+        or digit (lower case only: case-insensitive file systems would merge
+        ``Lint`` and ``lint``), and not a name Windows reserves (``con``,
+        ``nul``...).  ``version`` is an int from 0 to 2**31-1; bumping it starts
+        an empty bucket and leaves the old one for pruning.  Raises
+        ``ValueError``/``TypeError`` for invalid arguments.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"bucket name must be str, not {type(name).__name__}")
+        if not valid_bucket_name(name):
+            raise ValueError(
+                f"invalid bucket name {name!r}: use 1-64 characters of a-z, 0-9, '.', '_', '-', "
+                "starting with a letter or digit"
+            )
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"bucket version must be int, not {type(version).__name__}")
+        if not 0 <= version < 2**31:
+            raise ValueError(f"bucket version must be between 0 and 2**31-1, not {version}")
+        with self._lock:
+            bucket = self._buckets.get((name, version))
+            if bucket is None:
+                from ._bucket import Bucket
+
+                bucket = Bucket(self, name, version)
+                self._buckets[(name, version)] = bucket
+            return bucket
+
+    @property
+    def enabled(self) -> bool:
+        """False when the cache is disabled (every get misses)."""
+        return self.state != DISABLED
+
+    @property
+    def writable(self) -> bool:
+        """True when puts can store entries (the cache is neither read-only nor disabled)."""
+        return self.state == READY
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """This process's counters per bucket, keyed ``"name/vN"``."""
+        with self._lock:
+            buckets = list(self._buckets.values())
+        return {f"{b.name}/v{b.version}": b.counters.as_dict() for b in buckets}
+
+    def close(self) -> None:
+        """Release resources.  Idempotent; the cache must not be used afterwards."""
+        self._closed = True
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache({self.path!r}, state={self.state!r})"
+
+    # -- internal: shared by buckets ------------------------------------------
+    def _dir(self, *parts: str) -> str:
+        assert self.path is not None
+        return os.path.join(self.path, *parts)
+
+    def _ensure_root(self) -> bool:
+        """Create the root and markers before the first write.  False (after
+        demoting the cache and warning once) if that is impossible."""
+        if self._root_ready:
+            return True
+        assert self.path is not None
+        try:
+            if not _location.markers_present(self.path):
+                _location.write_markers(self.path, self.app_name)
+        except OSError as exc:
+            exists = _fs.exists(self.path)
+            if _location.is_permission_problem(exc):
+                self.state = READ_ONLY if exists else DISABLED
+                what = "read-only" if exists else "disabled"
+                self.state_reason = (
+                    f"the cache directory {self.path!r} cannot be written ({exc.strerror}); "
+                    f"the cache is {what} for this process"
+                )
+                if self.strict:
+                    raise _policy.make_error(exc, operation="put", path=self.path, message=self.state_reason) from exc
+                self._announce("read-only" if exc.errno == errno.EROFS else "permission", self.state_reason, exc)
+                return False
+            self._failed("open", exc, self.path)
+            return False
+        self._root_ready = True
+        return True
+
+    def _announce(self, cause: str, message: str, exc: BaseException | None = None) -> None:
+        """Report a state change of the whole cache (read-only, disabled)."""
+        _policy.logger().warning("safecache: %s", message, exc_info=exc if _policy.logger().isEnabledFor(10) else None)
+        _policy.warn_once(cause, self.path or "", f"safecache: {message}")
+
+    def _failed(self, operation: str, exc: BaseException, path: str | None, *, lock: bool = False) -> str:
+        """Apply the error policy to a failed operation; return the cause.
+
+        Strict: raise the typed error.  Lenient: log it, warn once per cause.
+        """
+        cause, _cls = _policy.classify(exc, lock=lock)
+        if self.strict:
+            raise _policy.make_error(exc, operation=operation, path=path, lock=lock) from exc
+        detail = _policy.describe_exception(exc)
+        tries = getattr(exc, "_safecache_exhausted", None)
+        if tries:
+            detail += f" after {tries[0]} attempts over {tries[1]:.2f} s"
+        _policy.logger().warning("safecache: %s failed for %s: %s", operation, path, detail)
+        _policy.warn_once(
+            cause,
+            self.path or "",
+            f"safecache: cache {operation} failed ({cause}): {detail}; "
+            f"continuing without the cache for this operation (cache at {self.path!r}; "
+            "run `safecache doctor` for a diagnosis)",
+        )
+        return cause
+
+
+def _stderr(message: str) -> None:
+    try:
+        sys.stderr.write(message + "\n")
+    except Exception:  # noqa: BLE001 - a debug print must never break the caller
+        pass

@@ -1,0 +1,351 @@
+"""The file-system layer: the one place that writes, replaces and removes.
+
+Everything else in safecache calls these functions; none of it calls ``os``
+for cache files directly, and there is no second copy of the retry loop.
+
+The rules they implement (see docs/format.md for the reasons):
+
+* temp files live beside their target, are created with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW`` and are always removed when a write fails;
+* a name that readers may hold open is replaced only when the new content
+  differs (callers check for an identical entry first), and content that is
+  write-once is published without replacing anything;
+* "in use" errors (Windows 5 on mutations, 32, 33; ``EBUSY``, ``ETXTBSY``) are
+  retried with jittered exponential backoff inside a bounded budget, like Go's
+  ``robustio``; other errors are not retried;
+* nothing is fsynced unless the caller asks for durability.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as _stat
+import time
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+
+from . import _osops
+from ._policy import is_transient
+
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, TypeVar
+
+    T = TypeVar("T")
+
+#: Default retry budget in seconds (Go's robustio uses 2 s).
+DEFAULT_RETRY_BUDGET = 2.0
+
+_pid = os.getpid()
+_counter = 0
+
+
+def retry(op: str, func: Callable[..., T], *args: object, budget: float = DEFAULT_RETRY_BUDGET) -> T:
+    """Call ``func(*args)``, retrying transient "in use" errors within ``budget`` seconds.
+
+    The first sleep is 1 ms; each next one grows by a random 0-100 % (Go's
+    robustio schedule), and the loop stops before it would pass the budget.
+    When the budget is spent the *first* transient error is re-raised (it is
+    the most informative: the later ones are usually the same), marked with
+    ``_safecache_exhausted = (attempts, seconds)`` so the policy can say so.
+    Errors that are not transient propagate at once.
+    """
+    try:
+        return func(*args)
+    except OSError as exc:
+        if budget <= 0 or not is_transient(exc, op):
+            raise
+        first = exc
+    start = time.monotonic()
+    delay = 0.001
+    attempts = 1
+    from random import random as rng
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed + delay >= budget:
+            first._safecache_exhausted = (attempts, elapsed)  # type: ignore[attr-defined]
+            raise first
+        time.sleep(delay)
+        delay += delay * rng()
+        attempts += 1
+        try:
+            return func(*args)
+        except OSError as exc:
+            if not is_transient(exc, op):
+                raise
+
+
+def temp_name(path: str) -> str:
+    """A fresh temp name beside ``path``.  Cheap (pid and a counter); the
+    O_EXCL create catches the rare clash with a dead process's leftover."""
+    global _counter, _pid
+    _counter += 1
+    pid = os.getpid()
+    if pid != _pid:  # forked: a child must not reuse its parent's names
+        _pid, _counter = pid, 1
+    return f"{path}.{pid:x}-{_counter:x}.tmp"
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def makedirs(path: str, mode: int = 0o777) -> None:
+    """Create ``path`` and its parents; racing creators all succeed (pytest #12381)."""
+    ops = _osops.current
+    try:
+        ops.mkdir(path, mode)
+        return
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        pass
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        makedirs(parent, mode)
+    try:
+        ops.mkdir(path, mode)
+    except FileExistsError:
+        pass
+
+
+def create_temp(path: str, *, mode: int = 0o666) -> tuple[str, int]:
+    """Create a temp file beside ``path`` (making parent directories as
+    needed); return its name and a write descriptor."""
+    ops = _osops.current
+    for _ in range(100):
+        tmp = temp_name(path)
+        try:
+            return tmp, ops.open(tmp, _osops.CREATE_FLAGS, mode)
+        except FileNotFoundError:
+            makedirs(os.path.dirname(path))
+        except FileExistsError:  # a dead process's leftover with our pid
+            global _counter
+            _counter += int.from_bytes(os.urandom(3), "little") + 1
+    raise FileExistsError(errno.EEXIST, "could not find a free temp name", path)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    ops = _osops.current
+    view = memoryview(data)
+    while view:
+        n = ops.write(fd, view)
+        view = view[n:]
+
+
+def discard(path: str) -> None:
+    """Remove ``path`` if possible; never raises (used on failure paths)."""
+    try:
+        _osops.current.unlink(path)
+    except OSError:
+        pass
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so a rename in it survives power loss (POSIX only)."""
+    if os.name == "nt":
+        return
+    ops = _osops.current
+    fd = ops.open(path, os.O_RDONLY | _osops.O_CLOEXEC)
+    try:
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+
+
+def write_file(
+    path: str,
+    chunks: Iterable[bytes | memoryview],
+    *,
+    header: Callable[[], bytes] | None = None,
+    replace: bool = True,
+    durable: bool = False,
+    budget: float = DEFAULT_RETRY_BUDGET,
+    mode: int = 0o666,
+) -> bool:
+    """Write ``chunks`` to a temp file beside ``path``, then publish it.
+
+    ``header``, if given, is called after the chunks are written and its bytes
+    are written at offset 0 (the caller reserved room for them as the first
+    chunk): this is how a streamed entry gets its length and checksum.
+
+    With ``replace=True`` the temp replaces ``path``.  With ``replace=False``
+    an existing ``path`` is left alone and the call returns False (for
+    write-once content: whoever is there first wins, readers are never
+    disturbed).  Returns True when this call's bytes were published.
+    The temp file is removed on every failure; errors propagate.
+    """
+    ops = _osops.current
+    tmp, fd = create_temp(path, mode=mode)
+    try:
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+            if header is not None:
+                head = header()
+                if ops.pwrite(fd, head, 0) != len(head):
+                    raise OSError(errno.EIO, "short header write", tmp)
+            if durable:
+                ops.fsync(fd)
+        finally:
+            ops.close(fd)
+        if replace:
+            retry("replace", ops.replace, tmp, path, budget=budget)
+            published = True
+        else:
+            published = publish_noreplace(tmp, path, budget=budget)
+        if durable and published:
+            fsync_dir(os.path.dirname(path))
+        return published
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        if not replace:
+            discard(tmp)
+
+
+def publish_noreplace(tmp: str, path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists.  Returns False
+    (and leaves ``tmp`` for the caller to remove) when something is already there.
+
+    A hard link is atomic create-if-absent on both POSIX and Windows (git's
+    object store does the same); where links are not supported (FAT, some
+    network shares) fall back to a rename that refuses to overwrite: on
+    Windows ``os.rename`` does, on POSIX we check first and accept the tiny
+    window, because both contenders hold the same content.
+    """
+    ops = _osops.current
+    try:
+        retry("link", ops.link, tmp, path, budget=budget)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS) and not getattr(exc, "winerror", None):
+            raise
+    if os.name != "nt" and exists(path):
+        return False
+    try:
+        retry("rename", ops.rename, tmp, path, budget=budget)
+        return True
+    except FileExistsError:
+        return False
+
+
+def exists(path: str) -> bool:
+    try:
+        _osops.current.lstat(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, bytes] | None:
+    """Open ``path`` for reading (share-delete on Windows) and return
+    ``(fd, first_block)``; None if it does not exist.  The caller owns the fd."""
+    ops = _osops.current
+    try:
+        fd = ops.open(path, _osops.READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if not is_transient(exc, "open"):
+            raise
+        try:
+            fd = retry("open", ops.open, path, _osops.READ_FLAGS, budget=budget)
+        except FileNotFoundError:
+            return None
+    try:
+        return fd, ops.read(fd, 1 << 16)
+    except BaseException:
+        ops.close(fd)
+        raise
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """Read exactly ``n`` bytes from ``fd``'s position, or fewer at EOF."""
+    ops = _osops.current
+    parts = []
+    while n > 0:
+        block = ops.read(fd, min(n, 1 << 20))
+        if not block:
+            break
+        parts.append(block)
+        n -= len(block)
+    return b"".join(parts)
+
+
+def remove(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
+    """Delete the file ``path``; False if it was not there.
+
+    A read-only file (Windows refuses to delete it with error 5) is made
+    writable and tried again.
+    """
+    ops = _osops.current
+    try:
+        retry("unlink", ops.unlink, path, budget=budget)
+        return True
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        if os.name != "nt" and not getattr(ops, "emulates_windows", False):
+            raise
+        try:
+            st = ops.lstat(path)
+        except FileNotFoundError:
+            return False
+        if st.st_mode & _stat.S_IWUSR:
+            raise
+        ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IWUSR)
+        retry("unlink", ops.unlink, path, budget=budget)
+        return True
+
+
+def rmtree(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
+    """Remove the directory tree at ``path``.
+
+    Never follows symlinks (a symlink is removed, not entered), copes with
+    read-only files and directories, retries "in use" errors, and treats
+    entries that vanish under it (another process cleaning too) as removed.
+    Raises the first error it cannot get past.
+    """
+    ops = _osops.current
+    try:
+        st = ops.lstat(path)
+    except FileNotFoundError:
+        return
+    if not _stat.S_ISDIR(st.st_mode):
+        remove(path, budget=budget)
+        return
+    try:
+        entries = list(ops.scandir(path))
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        # A directory without read or search permission for its owner: give
+        # ourselves access (we own it, or we could not delete it anyway).
+        ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IRWXU)
+        entries = list(ops.scandir(path))
+    for entry in entries:
+        child = entry.path
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            rmtree(child, budget=budget)
+        else:
+            try:
+                remove(child, budget=budget)
+            except PermissionError:
+                # POSIX: deleting needs write permission on the directory.
+                ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IRWXU)
+                remove(child, budget=budget)
+    try:
+        retry("rmdir", ops.rmdir, path, budget=budget)
+    except FileNotFoundError:
+        pass
+
+
+def touch(path: str) -> None:
+    """Set ``path``'s mtime to now (used to record use)."""
+    _osops.current.utime(path, None)

@@ -1,0 +1,207 @@
+"""Where a cache lives, why, and what state its root is in.
+
+Resolution order (PRODUCT.md): an explicit path; else the application's own
+environment variable (``MYTOOL_CACHE_DIR``); else ``SAFECACHE_DIR``; else the
+platform's user cache directory for the application (platformdirs, imported
+only here and only then).  ``SAFECACHE_DISABLE=1`` (or the application's own
+variable given as ``disable_env``) turns caching off.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as _stat
+import sys
+from . import _fs, _osops
+
+READY = "ready"  # reads and writes
+READ_ONLY = "read-only"  # hits are served, writes are no-ops
+DISABLED = "disabled"  # every operation is a miss or a no-op
+
+_TRUE = {"1", "true", "yes", "on"}
+
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by safecache.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+README = (
+    "This directory is a cache managed by safecache{owner}.\n"
+    "Everything in it can be re-created: it is safe to delete while no program is using it,\n"
+    "and `safecache clean` removes it safely even while programs are.\n"
+    "`safecache doctor` explains what is wrong with it, if anything.\n"
+)
+
+
+class Location:
+    """A resolved cache location: ``path`` (absolute, or None when disabled),
+    ``source``, the setting that chose it in words a user can act on, and
+    ``disabled_by``, the switch that turned caching off (if one did)."""
+
+    __slots__ = ("path", "source", "disabled_by")
+
+    def __init__(self, path: str | None, source: str, disabled_by: str | None = None) -> None:
+        self.path = path
+        self.source = source
+        self.disabled_by = disabled_by
+
+    def __repr__(self) -> str:
+        return f"Location(path={self.path!r}, source={self.source!r})"
+
+
+def env_truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in _TRUE
+
+
+def resolve(
+    path: str | os.PathLike[str] | None,
+    *,
+    app_name: str | None,
+    env_var: str | None,
+    disable_env: str | None = None,
+    enabled: bool | None = None,
+) -> Location:
+    """Resolve a cache location without touching the file system (except
+    platformdirs' own look-ups)."""
+    if enabled is False:
+        return Location(None, "disabled by the caller (enabled=False)", "argument")
+    if enabled is None:
+        for var in (disable_env, "SAFECACHE_DISABLE"):
+            if var and env_truthy(os.environ.get(var)):
+                return Location(None, f"disabled by the environment variable {var}", var)
+    if path is not None:
+        return Location(_absolute(os.fspath(path)), "the path passed by the program")
+    for var in (env_var, "SAFECACHE_DIR"):
+        if var:
+            value = os.environ.get(var)
+            if value:
+                return Location(_absolute(os.path.expanduser(value)), f"the environment variable {var}")
+    name = app_name or "safecache"
+    try:
+        import platformdirs
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        base = _fallback_user_cache_dir()
+        return Location(os.path.join(base, name), f"the default user cache directory for {name!r}")
+    return Location(
+        _absolute(platformdirs.user_cache_dir(name, appauthor=False)),
+        f"the platform's user cache directory for {name!r} (platformdirs)",
+    )
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _fallback_user_cache_dir() -> str:
+    if sys.platform == "win32":
+        return os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches")
+    return os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+
+
+class RootState:
+    """What opening the root found.  ``state`` is READY, READ_ONLY or
+    DISABLED; ``reason`` says why it is not READY, naming what to do;
+    ``cause`` is the short name used by warnings and counters."""
+
+    __slots__ = ("state", "reason", "cause", "exists")
+
+    def __init__(self, state: str, reason: str = "", cause: str = "", exists: bool = True) -> None:
+        self.state = state
+        self.reason = reason
+        self.cause = cause
+        self.exists = exists
+
+
+def probe(root: str) -> RootState:
+    """Decide, from a few stat-like calls and without writing, what the root allows."""
+    ops = _osops.current
+    try:
+        st = ops.stat(root)
+    except FileNotFoundError:
+        return RootState(READY, exists=False)
+    except NotADirectoryError:
+        return RootState(DISABLED, f"a parent of the cache directory {root!r} is not a directory", "unavailable")
+    except PermissionError as exc:
+        return RootState(
+            DISABLED,
+            f"the cache directory {root!r} cannot be reached ({exc.strerror}); "
+            "check the permissions of its parent directories",
+            "permission",
+        )
+    except OSError as exc:
+        return RootState(DISABLED, f"the cache directory {root!r} cannot be examined ({exc.strerror})", "unavailable")
+    if not _stat.S_ISDIR(st.st_mode):
+        return RootState(DISABLED, f"{root!r} exists but is not a directory; remove it or choose another cache location", "unavailable")
+    euid = getattr(os, "geteuid", lambda: -1)()
+    if not os.access(root, os.R_OK | os.X_OK):
+        return RootState(
+            DISABLED,
+            f"the cache directory {root!r} is not readable by this user (owner uid {st.st_uid}, "
+            f"mode {_stat.filemode(st.st_mode)}); the cache is disabled. Fix with: chown -R "
+            "$(id -u) <dir>, or point the cache elsewhere",
+            "permission",
+        )
+    if euid == 0 and st.st_uid != 0 and sys.platform != "win32":
+        # pip's rule (#7488): as root, a cache owned by someone else is most
+        # likely a user's cache reached through sudo without -H; writing
+        # root-owned files there would break that user's next run.  pip
+        # disables the cache; reading it is harmless, so we serve hits.
+        return RootState(
+            READ_ONLY,
+            f"the cache directory {root!r} is owned by uid {st.st_uid}, not by root; writing is "
+            "disabled so root-owned files do not break that user's cache (running with sudo? "
+            "use sudo -H, or set SAFECACHE_DIR)",
+            "owner",
+        )
+    if _read_only_fs(root):
+        return RootState(READ_ONLY, f"the file system holding {root!r} is mounted read-only", "read-only")
+    if euid != 0 and not os.access(root, os.W_OK):
+        return RootState(
+            READ_ONLY,
+            f"the cache directory {root!r} is not writable by this user (owner uid {st.st_uid}, "
+            f"mode {_stat.filemode(st.st_mode)}); hits are served, nothing new is stored. Fix with: "
+            "chown -R $(id -u) <dir> (a cache restored by CI often arrives owned by another user)",
+            "permission",
+        )
+    return RootState(READY)
+
+
+def _read_only_fs(root: str) -> bool:
+    statvfs = getattr(os, "statvfs", None)
+    if statvfs is None:
+        return False
+    try:
+        return bool(statvfs(root).f_flag & getattr(os, "ST_RDONLY", 1))
+    except OSError:
+        return False
+
+
+def write_markers(root: str, owner: str | None = None) -> None:
+    """Create the root and its markers (CACHEDIR.TAG, .gitignore, README).
+
+    Safe to race with any number of processes doing the same: each marker is
+    written to a temp file and published without replacing (whoever is first
+    wins, the others see it there).  Errors propagate.
+    """
+    _fs.makedirs(root)
+    owner_text = f" for {owner}" if owner else ""
+    for name, text in (
+        ("CACHEDIR.TAG", CACHEDIR_TAG),
+        (".gitignore", "# Created by safecache: this directory is a cache.\n*\n"),
+        ("README", README.format(owner=owner_text)),
+    ):
+        target = os.path.join(root, name)
+        if _fs.exists(target):
+            continue
+        _fs.write_file(target, [text.encode()], replace=False)
+
+
+def markers_present(root: str) -> bool:
+    return _fs.exists(os.path.join(root, "CACHEDIR.TAG"))
+
+
+def is_permission_problem(exc: OSError) -> bool:
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
