@@ -1,0 +1,149 @@
+"""Shared fixtures: cache roots, the stress switch, and unprivileged children."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import safecache
+from safecache import _osops, _policy
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stress",
+        action="store_true",
+        default=False,
+        help="run long stress tests (more processes, more iterations, longer races)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stress = config.getoption("--stress")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def stress(request: pytest.FixtureRequest) -> bool:
+    """True when the run was started with --stress."""
+    return bool(request.config.getoption("--stress"))
+
+
+@pytest.fixture(autouse=True)
+def _isolate() -> Iterator[None]:
+    """Each test starts with fresh warn-once state and the real OS."""
+    _policy.reset_warnings()
+    before = _osops.current
+    yield
+    _osops.current = before
+    _policy.reset_warnings()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """A path for a cache root that does not exist yet."""
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(cache_dir: Path) -> Iterator[safecache.Cache]:
+    with safecache.Cache(cache_dir) as c:
+        yield c
+
+
+# -- unprivileged children ---------------------------------------------------------
+UNPRIVILEGED_USER = "nobody"
+
+
+def _unprivileged_python(uid: int, gid: int) -> str | None:
+    """An interpreter the unprivileged user can execute (the test's own may
+    sit in a directory that user cannot enter)."""
+    candidates = [sys.executable, os.path.realpath(sys.executable), shutil.which("python3") or "", "/usr/bin/python3"]
+    for candidate in candidates:
+        if not candidate or not os.path.exists(candidate):
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; assert sys.version_info >= (3, 10)"],
+            preexec_fn=_drop(uid, gid),
+            capture_output=True,
+            cwd="/",
+            env={"PATH": os.defpath},
+        )
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def _drop(uid: int, gid: int):  # type: ignore[no-untyped-def]
+    def preexec() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return preexec
+
+
+class Unprivileged:
+    """Runs Python code as an unprivileged user, against a readable copy of
+    safecache (CI's clone may sit where that user cannot enter)."""
+
+    def __init__(self, root: Path, uid: int, gid: int, python: str) -> None:
+        self.root = root
+        self.uid = uid
+        self.gid = gid
+        self.python = python
+
+    def run(self, code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        full_env = {"PATH": os.defpath, "PYTHONPATH": str(self.root), "HOME": str(self.root), "PYTHONDONTWRITEBYTECODE": "1"}
+        full_env.update(env or {})
+        return subprocess.run(
+            [self.python, "-c", code],
+            preexec_fn=_drop(self.uid, self.gid),
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env=full_env,
+            timeout=timeout,
+        )
+
+    def run_json(self, code: str, **kwargs: object) -> object:
+        """Run ``code`` (which must print one JSON document last) and parse it;
+        fail the test with the child's stderr if it did not succeed."""
+        proc = self.run(code, **kwargs)  # type: ignore[arg-type]
+        assert proc.returncode == 0, f"unprivileged child failed ({proc.returncode}):\n{proc.stderr}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def workdir(self) -> Path:
+        """A fresh directory the unprivileged user can enter (owned by root)."""
+        path = Path(tempfile.mkdtemp(prefix="work-", dir=self.root.parent))
+        path.chmod(0o755)
+        return path
+
+
+@pytest.fixture(scope="session")
+def unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Unprivileged:
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root; as a normal user the permission tests in this file do not apply")
+    entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    base = Path(tempfile.mkdtemp(prefix="safecache-unpriv-"))
+    base.chmod(0o755)
+    code_root = base / "code"
+    shutil.copytree(SRC / "safecache", code_root / "safecache", ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, dirnames, filenames in os.walk(base):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    python = _unprivileged_python(entry.pw_uid, entry.pw_gid)
+    if python is None:
+        pytest.fail("no Python interpreter is executable by the unprivileged user (install Debian's python3)")
+    return Unprivileged(code_root, entry.pw_uid, entry.pw_gid, python)

@@ -1,0 +1,274 @@
+"""The local store's contract: put, get, delete, in, streaming, kinds."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+import safecache
+from safecache import _format
+
+
+def entry_path(bucket: safecache.Bucket, key: object) -> Path:
+    path = bucket.path_for(key)
+    assert path is not None
+    return Path(path)
+
+
+def test_get_returns_what_put_stored(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint", version=3)
+    assert b.put("k", b"value") is True
+    assert b.get("k") == b"value"
+
+
+def test_get_of_missing_key_is_none(cache: safecache.Cache) -> None:
+    assert cache.bucket("lint").get("absent") is None
+
+
+def test_empty_value_round_trips(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    assert b.put("empty", b"")
+    assert b.get("empty") == b""
+
+
+@pytest.mark.parametrize("size", [1, 65535 - 48, 65536 - 48, 65536, 3 * 1024 * 1024 + 7])
+def test_values_of_every_size_round_trip(cache: safecache.Cache, size: int) -> None:
+    b = cache.bucket("lint")
+    data = os.urandom(size)
+    assert b.put("k", data)
+    assert b.get("k") == data
+
+
+def test_put_accepts_bytearray_and_memoryview(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    assert b.put("a", bytearray(b"abc"))
+    assert b.put("m", memoryview(b"xyz"))
+    assert (b.get("a"), b.get("m")) == (b"abc", b"xyz")
+
+
+def test_put_rejects_str_data(cache: safecache.Cache) -> None:
+    with pytest.raises(TypeError):
+        cache.bucket("lint").put("k", "text")  # type: ignore[arg-type]
+
+
+def test_put_replaces_a_different_value(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put("k", b"one")
+    assert b.put("k", b"two")
+    assert b.get("k") == b"two"
+
+
+def test_put_of_identical_value_leaves_the_file_alone(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put("k", b"same")
+    before = os.stat(entry_path(b, "k"))
+    assert b.put("k", b"same") is True
+    after = os.stat(entry_path(b, "k"))
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_different_kind_is_not_identical(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put("k", b"same", kind="fetched")
+    before = os.stat(entry_path(b, "k")).st_ino
+    b.put("k", b"same", kind="built")
+    assert os.stat(entry_path(b, "k")).st_ino != before
+    header = _format.parse_header(entry_path(b, "k").read_bytes(), None)
+    assert header.kind_name == "built"
+
+
+def test_invalid_kind_is_a_value_error(cache: safecache.Cache) -> None:
+    with pytest.raises(ValueError):
+        cache.bucket("lint").put("k", b"v", kind="downloaded")
+
+
+def test_delete_removes_and_reports(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put("k", b"v")
+    assert b.delete("k") is True
+    assert b.get("k") is None
+    assert b.delete("k") is False
+
+
+def test_contains(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    assert "k" not in b
+    b.put("k", b"v")
+    assert "k" in b
+
+
+def test_keys_of_different_types_are_different_entries(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put("1", b"str")
+    b.put(b"1", b"bytes")
+    b.put(1, b"int")
+    b.put(("1",), b"tuple")
+    assert [b.get(k) for k in ("1", b"1", 1, ("1",))] == [b"str", b"bytes", b"int", b"tuple"]
+
+
+def test_structured_keys_are_order_independent_for_dicts(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    b.put(("src/a.py", {"line-length": 88, "select": ["E", "F"]}), b"v")
+    assert b.get(("src/a.py", {"select": ["E", "F"], "line-length": 88})) == b"v"
+
+
+def test_buckets_and_versions_are_separate_namespaces(cache: safecache.Cache) -> None:
+    cache.bucket("lint", version=1).put("k", b"v1")
+    assert cache.bucket("lint", version=2).get("k") is None
+    assert cache.bucket("format", version=1).get("k") is None
+    assert cache.bucket("lint", version=1).get("k") == b"v1"
+
+
+@pytest.mark.parametrize("name", ["", "Lint", "../x", "a/b", "a\\b", ".hidden", "-x", "con", "nul.txt", "x" * 65, "é"])
+def test_invalid_bucket_names_are_refused(cache: safecache.Cache, name: str) -> None:
+    with pytest.raises(ValueError):
+        cache.bucket(name)
+
+
+@pytest.mark.parametrize("version", [-1, 2**31])
+def test_invalid_bucket_versions_are_refused(cache: safecache.Cache, version: int) -> None:
+    with pytest.raises(ValueError):
+        cache.bucket("lint", version=version)
+
+
+def test_bucket_version_must_be_int(cache: safecache.Cache) -> None:
+    with pytest.raises(TypeError):
+        cache.bucket("lint", version="3")  # type: ignore[arg-type]
+
+
+def test_entries_live_inside_their_bucket_directory(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint", version=3)
+    for key in ["../../etc/passwd", "/abs", ("..", "..")]:
+        path = entry_path(b, key).resolve()
+        assert Path(b.directory).resolve() in path.parents  # type: ignore[arg-type]
+
+
+def test_first_write_creates_root_markers(cache_dir: Path) -> None:
+    c = safecache.Cache(cache_dir, app_name="mytool")
+    assert not cache_dir.exists()  # opening writes nothing
+    c.bucket("lint").put("k", b"v")
+    assert (cache_dir / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    assert (cache_dir / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert "mytool" in (cache_dir / "README").read_text()
+
+
+def test_no_temp_files_are_left_after_writes(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    for i in range(20):
+        b.put(str(i), b"x" * i)
+        b.put_stream(f"s{i}", io.BytesIO(b"y" * i))
+    assert not [p for p in Path(cache.path).rglob("*.tmp")]  # type: ignore[arg-type]
+
+
+# -- streaming ------------------------------------------------------------------
+def test_put_stream_from_file_object(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    assert b.put_stream("k", io.BytesIO(data))
+    assert b.get("k") == data
+
+
+def test_put_stream_from_iterable(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+    assert b.put_stream("k", iter([b"ab", b"", b"cd"]))
+    assert b.get("k") == b"abcd"
+
+
+def test_open_streams_a_large_value(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+    data = os.urandom(2 * 1024 * 1024)
+    b.put("k", data)
+    with b.open("k") as f:  # type: ignore[union-attr]
+        assert f.read(10) == data[:10]
+        assert f.read() == data[10:]
+
+
+def test_open_of_small_value_and_missing_key(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+    b.put("k", b"small")
+    with b.open("k") as f:  # type: ignore[union-attr]
+        assert f.read() == b"small"
+    assert b.open("absent") is None
+
+
+def test_error_raised_by_the_source_propagates_and_stores_nothing(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+
+    def source():  # type: ignore[no-untyped-def]
+        yield b"partial"
+        raise ValueError("the download broke")
+
+    with pytest.raises(ValueError, match="download broke"):
+        b.put_stream("k", source())
+    assert b.get("k") is None
+    assert not [p for p in Path(cache.path).rglob("*.tmp")]  # type: ignore[arg-type]
+
+
+def test_open_never_yields_a_corrupt_large_value(cache: safecache.Cache) -> None:
+    b = cache.bucket("big")
+    b.put("k", os.urandom(1024 * 1024))
+    path = entry_path(b, "k")
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert b.open("k") is None
+    assert not path.exists()
+
+
+# -- get_or_create (single process; cross-process in test_concurrency) -------------
+def test_get_or_create_computes_once_then_reads(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+    calls = []
+
+    def factory() -> bytes:
+        calls.append(1)
+        return b"computed"
+
+    assert b.get_or_create("k", factory) == b"computed"
+    assert b.get_or_create("k", factory) == b"computed"
+    assert len(calls) == 1
+
+
+def test_get_or_create_propagates_factory_errors_and_stores_nothing(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint")
+
+    def factory() -> bytes:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        b.get_or_create("k", factory)
+    assert b.get("k") is None
+
+
+def test_get_or_create_requires_bytes(cache: safecache.Cache) -> None:
+    with pytest.raises(TypeError):
+        cache.bucket("lint").get_or_create("k", lambda: "text")  # type: ignore[arg-type,return-value]
+
+
+# -- disabled ------------------------------------------------------------------------
+def test_disabled_cache_misses_and_stores_nothing(cache_dir: Path) -> None:
+    c = safecache.Cache(cache_dir, enabled=False)
+    b = c.bucket("lint")
+    assert b.put("k", b"v") is False
+    assert b.get("k") is None
+    assert b.get_or_create("k", lambda: b"v") == b"v"
+    assert not cache_dir.exists()
+
+
+def test_disable_environment_variable(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFECACHE_DISABLE", "1")
+    c = safecache.Cache(cache_dir)
+    assert not c.enabled
+    assert c.bucket("lint").put("k", b"v") is False
+
+
+def test_counters_count_hits_misses_and_writes(cache: safecache.Cache) -> None:
+    b = cache.bucket("lint", version=2)
+    b.get("k")
+    b.put("k", b"vv")
+    b.get("k")
+    stats = cache.stats()["lint/v2"]
+    assert (stats["hits"], stats["misses"], stats["writes"], stats["bytes_read"]) == (1, 1, 1, 2)
