@@ -124,10 +124,15 @@ def create_temp(path: str, *, mode: int = 0o666) -> tuple[str, int]:
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
-    ops = _osops.current
+    write = _osops.current.write
     view = memoryview(data)
     while view:
-        n = ops.write(fd, view)
+        try:
+            n = write(fd, view)
+        except OSError as exc:
+            if not is_transient(exc, "write"):
+                raise
+            n = retry("write", write, fd, view)
         view = view[n:]
 
 
@@ -255,7 +260,12 @@ def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, 
         except FileNotFoundError:
             return None
     try:
-        return fd, ops.read(fd, 1 << 16)
+        try:
+            return fd, ops.read(fd, 1 << 16)
+        except OSError as exc:
+            if not is_transient(exc, "read"):
+                raise
+            return fd, retry("read", ops.read, fd, 1 << 16, budget=budget)
     except BaseException:
         ops.close(fd)
         raise

@@ -30,6 +30,11 @@ def logger() -> logging.Logger:
         import logging
 
         _logger = logging.getLogger("safecache")
+        # A library must not print through logging's last-resort handler when
+        # the application configured none: the CacheWarning is the one message
+        # users see by default; the log holds the details for those who ask.
+        if not _logger.handlers:
+            _logger.addHandler(logging.NullHandler())
     return _logger
 
 # Windows error codes (winerror) that mean "another process has this file
