@@ -132,6 +132,8 @@ class Cache:
         self.state_reason = probed.reason
         if probed.state != READY:
             if strict and probed.state == DISABLED:
+                if probed.error is not None:
+                    raise _policy.make_error(probed.error, operation="open", path=self.path, message=probed.reason)
                 cls = _errors.CachePermissionError if probed.cause == "permission" else _errors.CacheUnavailableError
                 raise cls(probed.reason, filename=self.path, operation="open", cause=probed.cause or None)
             self._announce(probed.cause or "unavailable", probed.reason)

@@ -106,13 +106,16 @@ class RootState:
     DISABLED; ``reason`` says why it is not READY, naming what to do;
     ``cause`` is the short name used by warnings and counters."""
 
-    __slots__ = ("state", "reason", "cause", "exists")
+    __slots__ = ("state", "reason", "cause", "exists", "error")
 
-    def __init__(self, state: str, reason: str = "", cause: str = "", exists: bool = True) -> None:
+    def __init__(
+        self, state: str, reason: str = "", cause: str = "", exists: bool = True, error: OSError | None = None
+    ) -> None:
         self.state = state
         self.reason = reason
         self.cause = cause
         self.exists = exists
+        self.error = error
 
 
 def probe(root: str) -> RootState:
@@ -122,17 +125,20 @@ def probe(root: str) -> RootState:
         st = ops.stat(root)
     except FileNotFoundError:
         return RootState(READY, exists=False)
-    except NotADirectoryError:
-        return RootState(DISABLED, f"a parent of the cache directory {root!r} is not a directory", "unavailable")
+    except NotADirectoryError as exc:
+        return RootState(DISABLED, f"a parent of the cache directory {root!r} is not a directory", "unavailable", error=exc)
     except PermissionError as exc:
         return RootState(
             DISABLED,
             f"the cache directory {root!r} cannot be reached ({exc.strerror}); "
             "check the permissions of its parent directories",
             "permission",
+            error=exc,
         )
     except OSError as exc:
-        return RootState(DISABLED, f"the cache directory {root!r} cannot be examined ({exc.strerror})", "unavailable")
+        return RootState(
+            DISABLED, f"the cache directory {root!r} cannot be examined ({exc.strerror})", "unavailable", error=exc
+        )
     if not _stat.S_ISDIR(st.st_mode):
         return RootState(DISABLED, f"{root!r} exists but is not a directory; remove it or choose another cache location", "unavailable")
     euid = getattr(os, "geteuid", lambda: -1)()
