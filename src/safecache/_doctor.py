@@ -91,6 +91,8 @@ def _remedy_for(exc: OSError, path: str, action: str) -> str:
             "the file system does not support locks (NFS without lockd, some network or FUSE mounts): "
             "compute-once may run a factory more than once; put the cache on a local disk"
         )
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return f"part of the path {path} is a file, not a directory: remove it or choose another location"
     if code == errno.ENAMETOOLONG:
         return "the cache path is too long for this file system: choose a shorter location"
     return f"the operating system reported {exc}; check the file system holding {path}"
@@ -111,8 +113,8 @@ def diagnose(cache: Cache) -> Report:
     ops = _osops.current
     try:
         st = ops.stat(path)
-    except FileNotFoundError:
-        st = None
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # the create check below says what is in the way
     except OSError as exc:
         findings.append(Finding("owner", FAIL, f"cannot examine {path}: {exc}", _remedy_for(exc, path, "read")))
         return Report(path, loc.source, findings)

@@ -288,26 +288,35 @@ def remove(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
     """Delete the file ``path``; False if it was not there.
 
     A read-only file (Windows refuses to delete it with error 5) is made
-    writable and tried again.
+    writable first; "in use" errors are retried within ``budget``.
     """
     ops = _osops.current
+    try:
+        ops.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if getattr(exc, "winerror", None) == 5:
+            _clear_read_only(path)
+        elif not is_transient(exc, "unlink"):
+            raise
     try:
         retry("unlink", ops.unlink, path, budget=budget)
         return True
     except FileNotFoundError:
         return False
-    except PermissionError:
-        if os.name != "nt" and not getattr(ops, "emulates_windows", False):
-            raise
-        try:
-            st = ops.lstat(path)
-        except FileNotFoundError:
-            return False
-        if st.st_mode & _stat.S_IWUSR:
-            raise
-        ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IWUSR)
-        retry("unlink", ops.unlink, path, budget=budget)
-        return True
+
+
+def _clear_read_only(path: str) -> None:
+    """Give ``path`` its owner's write bit (Windows' read-only attribute)."""
+    ops = _osops.current
+    try:
+        st = ops.lstat(path)
+        if not st.st_mode & _stat.S_IWUSR and not _stat.S_ISLNK(st.st_mode):
+            ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IWUSR)
+    except OSError:
+        pass
 
 
 def rmtree(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
