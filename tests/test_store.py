@@ -272,3 +272,23 @@ def test_counters_count_hits_misses_and_writes(cache: safecache.Cache) -> None:
     b.get("k")
     stats = cache.stats()["lint/v2"]
     assert (stats["hits"], stats["misses"], stats["writes"], stats["bytes_read"]) == (1, 1, 1, 2)
+
+
+def test_debug_keys_variable_prints_what_went_into_each_key(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SAFECACHE_DEBUG_KEYS", "1")
+    b = safecache.Cache(cache_dir).bucket("lint", version=3)
+    key = ("src/a.py", {"line-length": 88})
+    b.get(key)
+    b.put(key, b"v")
+    b.get(key)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3
+    assert all("lint/v3" in line and "src/a.py" in line and "line-length" in line for line in err)
+    assert "miss" in err[0] and "stored" in err[1] and "hit" in err[2]
+
+
+def test_debug_keys_is_silent_by_default(cache: safecache.Cache, capsys: pytest.CaptureFixture[str]) -> None:
+    b = cache.bucket("lint")
+    b.put("k", b"v")
+    b.get("k")
+    assert capsys.readouterr().err == ""

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     Key = object  # str, bytes, or a structured key: see docs/keys.md
     Source = Union[bytes, bytearray, memoryview, IO[bytes], Iterable[bytes]]
 
+_os_open, _os_read, _os_close = os.open, os.read, os.close
+_READ_FLAGS = _osops.READ_FLAGS
+_time_ns = time.time_ns
+
 #: Use is recorded by refreshing an entry's mtime at most this often (Go).
 MTIME_INTERVAL_NS = 3600 * 10**9
 #: Entries up to this size are read in one system call.
@@ -83,20 +87,38 @@ class Bucket:
         path = f"{directory}{os.sep}{digest[:2]}{os.sep}{digest}"
         counters = self.counters
         fd = -1
+        fast = _osops.current is _osops.fast_path
         try:
-            opened = _fs.read_file(path, budget=cache.retry_budget)
-            if opened is None:
-                counters.misses += 1
-                if cache.debug_keys:
-                    self._debug("get", key, digest, "miss")
-                return None
-            fd, block = opened
+            if fast:
+                # The common case, without a Python frame per system call;
+                # anything unusual takes the general path below.
+                try:
+                    fd = _os_open(path, _READ_FLAGS)
+                    block = _os_read(fd, _BLOCK)
+                except FileNotFoundError:
+                    counters.misses += 1
+                    if cache.debug_keys:
+                        self._debug("get", key, digest, "miss")
+                    return None
+                except OSError:
+                    if fd >= 0:
+                        _os_close(fd)
+                    fd = -1
+            if fd < 0:
+                opened = _fs.read_file(path, budget=cache.retry_budget)
+                if opened is None:
+                    counters.misses += 1
+                    if cache.debug_keys:
+                        self._debug("get", key, digest, "miss")
+                    return None
+                fd, block = opened
             raw = bytes.fromhex(digest)
             if len(block) < _BLOCK:
-                header, payload = _format.decode_small(block, raw)
+                payload, written_ns = _format.decode_fast(block, raw)
             else:
                 header, payload = self._read_large(fd, block, raw)
-            if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
+                written_ns = header.written_ns
+            if _time_ns() - written_ns > MTIME_INTERVAL_NS:
                 self._mark_used(fd, path)
         except Invalid as invalid:
             self._corrupt(path, fd, invalid)
@@ -109,7 +131,7 @@ class Bucket:
             return None
         finally:
             if fd >= 0:
-                _osops.current.close(fd)
+                _os_close(fd) if fast else _osops.current.close(fd)
         counters.hits += 1
         counters.bytes_read += len(payload)
         if cache.debug_keys:

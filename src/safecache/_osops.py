@@ -154,5 +154,11 @@ class OsOps:
         os.symlink(src, dst)
 
 
+#: The real operating system.
+real: OsOps = OsOps()
 #: The operations in force.  Replaced only by ``safecache.testing``.
-current: OsOps = OsOps()
+current: OsOps = real
+#: Hot paths may call :mod:`os` directly when ``current is fast_path``: that
+#: is the real OS on POSIX, where ``OsOps`` adds nothing but a Python frame.
+#: (On Windows reads must go through ``open`` for share-delete, so never.)
+fast_path: OsOps | None = None if _WINDOWS else real
