@@ -131,7 +131,7 @@ class Unprivileged:
 
 
 @pytest.fixture(scope="session")
-def unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Unprivileged:
+def unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unprivileged]:
     if os.geteuid() != 0:
         pytest.skip("dropping privileges needs root; as a normal user the permission tests in this file do not apply")
     entry = pwd.getpwnam(UNPRIVILEGED_USER)
@@ -145,5 +145,17 @@ def unprivileged(tmp_path_factory: pytest.TempPathFactory) -> Unprivileged:
             os.chmod(os.path.join(dirpath, name), 0o644)
     python = _unprivileged_python(entry.pw_uid, entry.pw_gid)
     if python is None:
+        shutil.rmtree(base, ignore_errors=True)
         pytest.fail("no Python interpreter is executable by the unprivileged user (install Debian's python3)")
-    return Unprivileged(code_root, entry.pw_uid, entry.pw_gid, python)
+    yield Unprivileged(code_root, entry.pw_uid, entry.pw_gid, python)
+    _force_rmtree(base)
+
+
+def _force_rmtree(path: Path) -> None:
+    """Remove a tree whose modes tests changed (as root, chmod always works)."""
+    for dirpath, _dirnames, _filenames in os.walk(path):
+        try:
+            os.chmod(dirpath, 0o755)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)

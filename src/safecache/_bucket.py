@@ -312,7 +312,7 @@ class Bucket:
                     self._debug("put", key, digest, "identical entry already there")
                 return True
             header = _format.pack_header(length, time.time_ns(), raw, crc, kind_code)
-            _fs.write_file(path, (header, data), durable=cache.durable, budget=cache.retry_budget)
+            _fs.write_file(path, (header, memoryview(data)), durable=cache.durable, budget=cache.retry_budget)
         except OSError as exc:
             self.counters.error(cache._failed("put", exc, path))
             return False
@@ -492,7 +492,7 @@ def _iter_source(source: Source) -> Iterable[bytes]:
                     return
                 yield chunk
         else:
-            for chunk in source:  # type: ignore[union-attr]
-                yield chunk
+            for chunk in source:
+                yield bytes(chunk)
     except Exception as exc:  # noqa: BLE001
         raise _SourceError(exc) from exc

@@ -77,7 +77,7 @@ class CacheError(OSError):
             text = f"{text} ({_describe(self.original)})"
         return text
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[object, ...]:
         kwargs = {
             "errno": self.errno,
             "filename": self.filename,
@@ -88,8 +88,8 @@ class CacheError(OSError):
         return (_rebuild, (type(self), self.message, kwargs))
 
 
-def _rebuild(cls: type[CacheError], message: str, kwargs: dict) -> CacheError:
-    return cls(message, **kwargs)
+def _rebuild(cls: type[CacheError], message: str, kwargs: dict[str, object]) -> CacheError:
+    return cls(message, **kwargs)  # type: ignore[arg-type]
 
 
 def _describe(exc: BaseException) -> str:

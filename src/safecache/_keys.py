@@ -37,7 +37,7 @@ try:
     from _blake2 import blake2b as _blake2b
 except ImportError:  # pragma: no cover - CPython builds without _blake2
 
-    def _blake2b(data: bytes, digest_size: int):  # type: ignore[misc]
+    def _blake2b(data: bytes, digest_size: int) -> Any:  # type: ignore[no-redef]
         import hashlib
 
         return hashlib.blake2b(data, digest_size=digest_size)
@@ -131,7 +131,8 @@ class _Invalid(Exception):
         if len(parts) > 8:  # a cycle or runaway nesting: keep it readable
             parts[4:-2] = [f"...({len(parts) - 6} more levels)..."]
         location = "key" + "".join(parts)
-        return self.exc_type(self.before + location + self.after)
+        error: Exception = self.exc_type(self.before + location + self.after)
+        return error
 
 
 def _varint(n: int) -> bytes:
@@ -187,7 +188,8 @@ def _path_text(x: Any) -> str:
         return str.__str__(x)
     pathlib = sys.modules.get("pathlib")
     if pathlib is not None and isinstance(x, pathlib.PurePath):
-        return x.as_posix()
+        posix: str = x.as_posix()
+        return posix
     try:
         text = os.fspath(x)
     except TypeError as exc:
@@ -196,10 +198,10 @@ def _path_text(x: Any) -> str:
         text = os.fsdecode(text)
     if _BACKSLASH_IS_SEP:
         text = text.replace("\\", "/")
-    return text
+    return str(text)
 
 
-def _first(item: tuple) -> bytes:
+def _first(item: tuple[bytes, Any, Any]) -> bytes:
     return item[0]
 
 
@@ -345,8 +347,9 @@ def encode_key(key: Any) -> bytes:
         n = len(data)
         return (_STR_HEAD[n] if n < 128 else FORMAT_PREFIX + b"s" + _varint(n)) + data
     if t is bytes:
-        n = len(key)
-        return (_BYTES_HEAD[n] if n < 128 else FORMAT_PREFIX + b"b" + _varint(n)) + key
+        raw: bytes = key
+        n = len(raw)
+        return (_BYTES_HEAD[n] if n < 128 else FORMAT_PREFIX + b"b" + _varint(n)) + raw
     out = bytearray(FORMAT_PREFIX)
     try:
         _encode(key, out, 0)

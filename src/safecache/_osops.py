@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
+
 _WINDOWS = sys.platform == "win32"
 
 # Flags every open uses: O_BINARY on Windows (no newline translation),
@@ -46,7 +50,7 @@ class OsOps:
         opened this way does not cause "Access is denied" in a writer).  It is
         honoured for read-only opens; elsewhere it changes nothing.
         """
-        if _WINDOWS and share_delete and (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)) == 0:
+        if sys.platform == "win32" and share_delete and (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)) == 0:
             from . import _win32
 
             return _win32.open_shared(path, flags)
@@ -68,7 +72,7 @@ class OsOps:
         return os.write(fd, data)
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        if _WINDOWS:
+        if sys.platform == "win32":
             os.lseek(fd, offset, os.SEEK_SET)
             return os.write(fd, data)
         return os.pwrite(fd, data, offset)
@@ -92,7 +96,7 @@ class OsOps:
         Raises ``BlockingIOError`` when ``blocking`` is false and another
         holder has it.  The OS releases it when the holder's process dies.
         """
-        if _WINDOWS:
+        if sys.platform == "win32":
             from . import _win32
 
             _win32.lock(fd, blocking=blocking)
@@ -102,7 +106,7 @@ class OsOps:
         fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def unlock(self, fd: int) -> None:
-        if _WINDOWS:
+        if sys.platform == "win32":
             from . import _win32
 
             _win32.unlock(fd)
@@ -138,7 +142,7 @@ class OsOps:
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
 
-    def scandir(self, path: str):  # -> Iterator[os.DirEntry[str]]
+    def scandir(self, path: str) -> Iterator[os.DirEntry[str]]:
         return os.scandir(path)
 
     def listdir(self, path: str) -> list[str]:

@@ -9,9 +9,14 @@ otherwise cause "Access is denied" in writers (ruff #12284).
 
 from __future__ import annotations
 
-import ctypes
+import sys
+
+# Only ever imported on Windows; this also tells type checkers so.
+assert sys.platform == "win32"
+
+import ctypes  # noqa: E402
 import errno
-import msvcrt  # type: ignore[import-not-found]
+import msvcrt  # noqa: E402
 import os
 from ctypes import wintypes
 
