@@ -517,7 +517,8 @@ def _as_win32_error(exc: OSError) -> OSError:
                 code = 3  # ERROR_PATH_NOT_FOUND
     new = make_oserror(WinError(code), exc.filename, exc.filename2)
     new.emulated_winerror = code  # type: ignore[attr-defined]
-    new.emulated_reason = f"the Linux error {errno.errorcode.get(exc.errno or 0, exc.errno)}"  # type: ignore[attr-defined]
+    linux = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    new.emulated_reason = f"the Linux error {linux}"  # type: ignore[attr-defined]
     return new
 
 
@@ -912,7 +913,8 @@ class WindowsOps(OsOps):
         try:
             _rename_noreplace(src, dst)
         except FileExistsError:  # created since the check above
-            raise self._deny(ERROR_ALREADY_EXISTS, src, dst, reason="rename never replaces on Windows") from None
+            reason = "rename never replaces on Windows"
+            raise self._deny(ERROR_ALREADY_EXISTS, src, dst, reason=reason) from None
         except OSError as exc:
             raise _as_win32_error(exc) from None
 
@@ -1175,8 +1177,9 @@ class FaultOps(OsOps):
     share of the matching calls (each process draws from its own stream;
     a forked child also counts ``times`` afresh).
     ``after``: perform the operation, then raise (the operation happened but
-    its caller is told it failed).  ``close`` always raises after closing:
-    a descriptor is released even when ``close`` reports an error.
+    its caller is told it failed; an ``open`` is closed again, as its caller
+    never gets the descriptor).  ``close`` always raises after closing: a
+    descriptor is released even when ``close`` reports an error.
 
     ``calls`` records every operation (matching or not) in this process;
     ``fired`` counts the errors raised in this process.
@@ -1260,12 +1263,14 @@ class FaultOps(OsOps):
         if fail and not (self.after or op == "close"):
             raise self._make_error(path, dst)
         result = getattr(self.inner, op)(*args, **kwargs)
+        if fail:
+            if op == "open":  # nobody could ever close a descriptor it was not given
+                self.inner.close(result)
+            raise self._make_error(path, dst)
         if op == "open" and path is not None:
             self._paths[result] = path
         elif op == "close" and isinstance(first, int):
             self._paths.pop(first, None)
-        if fail:
-            raise self._make_error(path, dst)
         return result
 
 
