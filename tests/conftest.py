@@ -72,13 +72,16 @@ def _unprivileged_python(uid: int, gid: int) -> str | None:
     for candidate in candidates:
         if not candidate or not os.path.exists(candidate):
             continue
-        probe = subprocess.run(
-            [candidate, "-c", "import sys; assert sys.version_info >= (3, 10)"],
-            preexec_fn=_drop(uid, gid),
-            capture_output=True,
-            cwd="/",
-            env={"PATH": os.defpath},
-        )
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info >= (3, 10)"],
+                preexec_fn=_drop(uid, gid),
+                capture_output=True,
+                cwd="/",
+                env={"PATH": os.defpath},
+            )
+        except OSError:  # not even executable by that user (e.g. under a 0700 home)
+            continue
         if probe.returncode == 0:
             return candidate
     return None

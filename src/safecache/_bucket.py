@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import IO, Callable, Iterable, Union
 
     from ._cache import Cache
+    from ._trees import Trees
 
     Key = object  # str, bytes, or a structured key: see docs/keys.md
     Source = Union[bytes, bytearray, memoryview, IO[bytes], Iterable[bytes]]
@@ -49,6 +50,7 @@ class Bucket:
         self.version = version
         self.counters = Counters()
         self._label = f"{name}/v{version}"
+        self._trees: Trees | None = None
         if cache.path is not None:
             self.directory: str | None = os.path.join(cache.path, "buckets", name, f"v{version}")
             self._locks_dir: str | None = os.path.join(cache.path, "locks", name, f"v{version}")
@@ -57,6 +59,17 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"<Bucket {self._label} of {self.cache!r}>"
+
+    @property
+    def trees(self) -> Trees:
+        """This bucket's trees: immutable directories committed atomically
+        and placed by clone, hard link, symlink or copy (see :class:`Trees`)."""
+        trees = self._trees
+        if trees is None:
+            from ._trees import Trees  # imported on first use: most tools never need it
+
+            trees = self._trees = Trees(self)
+        return trees
 
     # -- paths -------------------------------------------------------------------
     def path_for(self, key: Key) -> str | None:
@@ -420,7 +433,8 @@ class Bucket:
         propagate unchanged and nothing is stored.
 
         When the cache cannot store (disabled, read-only, full) the factory
-        runs and its result is returned anyway.  If the lock cannot be taken
+        runs and its result is returned anyway; in strict mode a read-only
+        cache raises ``CacheReadOnlyError`` instead, before the factory runs.  If the lock cannot be taken
         (timeout, or a file system without locks) the factory runs without
         it, with one warning; strict mode raises ``LockTimeoutError`` or
         ``LockUnsupportedError`` instead.  Raises ``TypeError`` if the factory
@@ -431,6 +445,10 @@ class Bucket:
         if value is not None:
             return value
         cache = self.cache
+        if self.directory is not None and cache.state is READY:
+            # Create the root and its markers before the lock file, so a
+            # factory that fails never leaves a root without CACHEDIR.TAG.
+            cache._ensure_root()
         if self.directory is None or cache.state is not READY:
             if cache.strict and cache.state is READ_ONLY:
                 raise CacheReadOnlyError(

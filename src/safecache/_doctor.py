@@ -144,8 +144,10 @@ def diagnose(cache: Cache) -> Report:
         _fs.makedirs(scratch)
         findings.append(Finding("create", OK, f"created directories and markers in {path}"))
     except OSError as exc:
-        findings.append(Finding("create", FAIL, f"cannot create directories in {path}: {exc}", _remedy_for(exc, path, "create files")))
-        _check_read_only(cache, findings)
+        where = _location.nearest_existing(path)
+        findings.append(Finding("create", FAIL, f"cannot create directories in {path}: {exc}", _remedy_for(exc, where, "create files")))
+        if st is not None:
+            _check_read_only(cache, findings)
         return Report(path, loc.source, findings)
     try:
         _probe_operations(cache, scratch, findings)

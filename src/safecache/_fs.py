@@ -39,7 +39,7 @@ _pid = os.getpid()
 _counter = 0
 
 
-def retry(op: str, func: Callable[..., T], *args: object, budget: float = DEFAULT_RETRY_BUDGET) -> T:
+def retry(op: str, func: Callable[..., T], *args: object, budget: float = DEFAULT_RETRY_BUDGET, prior: int = 0) -> T:
     """Call ``func(*args)``, retrying transient "in use" errors within ``budget`` seconds.
 
     The first sleep is 1 ms; each next one grows by a random 0-100 % (Go's
@@ -47,7 +47,8 @@ def retry(op: str, func: Callable[..., T], *args: object, budget: float = DEFAUL
     When the budget is spent the *first* transient error is re-raised (it is
     the most informative: the later ones are usually the same), marked with
     ``_safecache_exhausted = (attempts, seconds)`` so the policy can say so.
-    Errors that are not transient propagate at once.
+    Errors that are not transient propagate at once.  ``prior`` counts
+    attempts the caller already made (reported in the attempt count).
     """
     try:
         return func(*args)
@@ -57,7 +58,7 @@ def retry(op: str, func: Callable[..., T], *args: object, budget: float = DEFAUL
         first = exc
     start = time.monotonic()
     delay = 0.001
-    attempts = 1
+    attempts = 1 + prior
     from random import random as rng
     while True:
         elapsed = time.monotonic() - start
@@ -132,7 +133,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         except OSError as exc:
             if not is_transient(exc, "write"):
                 raise
-            n = retry("write", write, fd, view)
+            n = retry("write", write, fd, view, prior=1)
         view = view[n:]
 
 
@@ -193,7 +194,7 @@ def write_file(
         finally:
             ops.close(fd)
         if replace:
-            retry("replace", ops.replace, tmp, path, budget=budget)
+            replace_file(tmp, path, budget=budget)
             published = True
         else:
             published = publish_noreplace(tmp, path, budget=budget)
@@ -206,6 +207,23 @@ def write_file(
     finally:
         if not replace:
             discard(tmp)
+
+
+def replace_file(src: str, dst: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
+    """``os.replace(src, dst)`` with the retry policy.  A read-only ``dst``
+    (Windows refuses to replace it with error 5, every time: a cache restored
+    by CI can arrive so) is made writable first instead of being retried as
+    if it were in use."""
+    ops = _osops.current
+    try:
+        ops.replace(src, dst)
+        return
+    except OSError as exc:
+        if getattr(exc, "winerror", None) == 5:
+            _clear_read_only(dst)
+        elif not is_transient(exc, "replace"):
+            raise
+    retry("replace", ops.replace, src, dst, budget=budget, prior=1)
 
 
 def publish_noreplace(tmp: str, path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
@@ -256,7 +274,7 @@ def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, 
         if not is_transient(exc, "open"):
             raise
         try:
-            fd = retry("open", ops.open, path, _osops.READ_FLAGS, budget=budget)
+            fd = retry("open", ops.open, path, _osops.READ_FLAGS, budget=budget, prior=1)
         except FileNotFoundError:
             return None
     try:
@@ -265,7 +283,7 @@ def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, 
         except OSError as exc:
             if not is_transient(exc, "read"):
                 raise
-            return fd, retry("read", ops.read, fd, 1 << 16, budget=budget)
+            return fd, retry("read", ops.read, fd, 1 << 16, budget=budget, prior=1)
     except BaseException:
         ops.close(fd)
         raise
@@ -302,7 +320,7 @@ def remove(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
         elif not is_transient(exc, "unlink"):
             raise
     try:
-        retry("unlink", ops.unlink, path, budget=budget)
+        retry("unlink", ops.unlink, path, budget=budget, prior=1)
         return True
     except FileNotFoundError:
         return False

@@ -124,7 +124,7 @@ def probe(root: str) -> RootState:
     try:
         st = ops.stat(root)
     except FileNotFoundError:
-        return RootState(READY, exists=False)
+        return _probe_missing(root)
     except NotADirectoryError as exc:
         return RootState(DISABLED, f"a parent of the cache directory {root!r} is not a directory", "unavailable", error=exc)
     except PermissionError as exc:
@@ -173,6 +173,39 @@ def probe(root: str) -> RootState:
             "permission",
         )
     return RootState(READY)
+
+
+def nearest_existing(path: str) -> str:
+    """The closest ancestor of ``path`` that exists (``path`` itself if it does)."""
+    while True:
+        if os.path.lexists(path):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return path
+        path = parent
+
+
+def _probe_missing(root: str) -> RootState:
+    """A root that does not exist yet is ready if it can be created: its
+    nearest existing ancestor must be a writable directory (pip's check)."""
+    ancestor = nearest_existing(os.path.dirname(root))
+    if not os.path.isdir(ancestor):
+        return RootState(DISABLED, f"the cache directory {root!r} cannot be created: {ancestor!r} is not a directory",
+                         "unavailable", exists=False)
+    euid = getattr(os, "geteuid", lambda: -1)()
+    if euid != 0 and not os.access(ancestor, os.W_OK | os.X_OK):
+        return RootState(
+            DISABLED,
+            f"the cache directory {root!r} does not exist and cannot be created: {ancestor!r} is not writable "
+            "by this user; the cache is disabled. Create it with the right owner, or set SAFECACHE_DIR",
+            "permission",
+            exists=False,
+        )
+    if _read_only_fs(ancestor):
+        return RootState(DISABLED, f"the cache directory {root!r} cannot be created: the file system holding "
+                         f"{ancestor!r} is mounted read-only", "read-only", exists=False)
+    return RootState(READY, exists=False)
 
 
 def _read_only_fs(root: str) -> bool:

@@ -23,16 +23,18 @@ from . import _errors, _fs, _osops
 
 
 class FileLock:
-    """An exclusive lock on the file at ``path``; not re-entrant.
+    """A lock on the file at ``path``: exclusive, or ``shared`` (any number of
+    shared holders, excluding an exclusive one); not re-entrant.
 
     Use as a context manager or with ``acquire``/``release``.  ``acquire``
     raises :class:`safecache.LockTimeoutError` (also a ``TimeoutError``) when
     ``timeout`` seconds pass first, and ``OSError`` when locking fails.
     """
 
-    def __init__(self, path: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, path: str, *, timeout: float = 60.0, shared: bool = False) -> None:
         self.path = path
         self.timeout = timeout
+        self.shared = shared
         self._fd: int | None = None
 
     @property
@@ -52,7 +54,10 @@ class FileLock:
             delay = 0.001
             while True:
                 try:
-                    ops.lock(fd, blocking=False)
+                    if self.shared:
+                        ops.lock(fd, blocking=False, shared=True)
+                    else:
+                        ops.lock(fd, blocking=False)
                     break
                 except BlockingIOError:
                     pass
