@@ -5,17 +5,20 @@ Every file-system call that touches a cache goes through the object in
 :mod:`os`.  ``safecache.testing`` swaps in subclasses that emulate Windows
 file semantics or inject faults, so the code under test is the real code.
 
-Only ``_fs`` and ``_locks`` call this module; everything else calls them.
+Only ``_fs``, ``_locks``, ``_link`` and ``_trees`` call this module;
+everything else calls them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterator
+    from typing import Callable, Iterator
 
 _WINDOWS = sys.platform == "win32"
 
@@ -29,6 +32,9 @@ O_NOINHERIT = getattr(os, "O_NOINHERIT", 0)
 BASE_FLAGS = O_BINARY | O_NOFOLLOW | O_CLOEXEC | O_NOINHERIT
 READ_FLAGS = os.O_RDONLY | BASE_FLAGS
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | BASE_FLAGS
+# Opening a source to copy: a FIFO or device planted in its place must not
+# block the open or become the controlling terminal (regular files ignore both).
+SOURCE_FLAGS = READ_FLAGS | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 class OsOps:
@@ -90,20 +96,23 @@ class OsOps:
         os.ftruncate(fd, length)
 
     # -- locks -------------------------------------------------------------
-    def lock(self, fd: int, *, blocking: bool) -> None:
-        """Take an exclusive lock on the whole of ``fd``'s file.
+    def lock(self, fd: int, *, blocking: bool, shared: bool = False) -> None:
+        """Lock the whole of ``fd``'s file: exclusively, or ``shared`` with
+        other shared holders (readers-writer lock).
 
         Raises ``BlockingIOError`` when ``blocking`` is false and another
-        holder has it.  The OS releases it when the holder's process dies.
+        holder has a conflicting lock.  The OS releases it when the holder's
+        process dies.  POSIX: ``flock``; Windows: ``LockFileEx`` on byte 0.
         """
         if sys.platform == "win32":
             from . import _win32
 
-            _win32.lock(fd, blocking=blocking)
+            _win32.lock(fd, blocking=blocking, shared=shared)
             return
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(fd, operation if blocking else operation | fcntl.LOCK_NB)
 
     def unlock(self, fd: int) -> None:
         if sys.platform == "win32":
@@ -114,6 +123,37 @@ class OsOps:
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # -- whole files -------------------------------------------------------
+    def clone(self, src: str, dst: str) -> None:
+        """Create ``dst`` (which must not exist) as a copy-on-write clone of
+        the regular file ``src``, with ``src``'s permission bits.
+
+        Linux: ``FICLONE`` (btrfs, XFS with reflink, bcachefs, ...); macOS:
+        ``clonefile`` (APFS).  Raises ``OSError`` with the kernel's errno
+        where the file system cannot (``EOPNOTSUPP``, ``EXDEV``, ``EINVAL``,
+        ``ENOTTY``, ``EBADF``, ...) and leaves no ``dst`` behind.
+        """
+        if sys.platform == "linux":
+            _clone_linux(src, dst)
+        elif sys.platform == "darwin":
+            _clone_darwin(src, dst)
+        else:
+            # Windows: block cloning (FSCTL_DUPLICATE_EXTENTS_TO_FILE on ReFS
+            # and Dev Drives) is not implemented: it cannot be tested here.
+            # Other platforms have no primitive we know of.
+            raise OSError(errno.EOPNOTSUPP, "copy-on-write cloning is not implemented on this platform", src, None, dst)
+
+    def copyfile(self, src: str, dst: str) -> None:
+        """Copy the regular file ``src`` to a new file ``dst`` (which must
+        not exist) with ``src``'s permission bits, never following a
+        symlink, in bounded memory.  ``dst`` is removed if the copy fails.
+
+        Linux uses ``copy_file_range`` (which the file system may turn into
+        a server-side copy or a reflink), else ``sendfile``; elsewhere, and
+        where those are refused, a read/write loop of 1 MiB blocks.
+        """
+        _copy_file(self, src, dst, windows=_WINDOWS)
 
     # -- names -------------------------------------------------------------
     def stat(self, path: str) -> os.stat_result:
@@ -156,6 +196,191 @@ class OsOps:
 
     def symlink(self, src: str, dst: str) -> None:
         os.symlink(src, dst)
+
+
+# -- whole-file helpers (called by OsOps.clone and OsOps.copyfile) ------------
+
+_MIB = 1 << 20
+# Errors with which copy_file_range or sendfile refuse a pair of files at
+# their first call, meaning "use the next primitive" rather than "the copy
+# failed": no such system call, cross-device (kernels before 5.3), a file
+# system without support, or a seccomp filter (containers) refusing it.
+_NO_KERNEL_COPY = frozenset(
+    code
+    for code in (
+        errno.ENOSYS,
+        errno.EXDEV,
+        errno.EINVAL,
+        errno.EPERM,
+        getattr(errno, "EOPNOTSUPP", None),
+        getattr(errno, "ENOTSUP", None),
+        getattr(errno, "ENOTSOCK", None),
+    )
+    if code is not None
+)
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+        raise OSError(code, f"{os.strerror(code)} (not a regular file)", path)
+
+
+def _discard(ops: OsOps, path: str, *, windows: bool) -> None:
+    """Remove the partial ``path`` a failed copy or clone created (best
+    effort: the caller re-raises the error that made it fail)."""
+    try:
+        ops.unlink(path)
+    except OSError:
+        if not windows:
+            return
+        try:  # Windows cannot delete a read-only file
+            ops.chmod(path, stat.S_IREAD | stat.S_IWRITE)
+            ops.unlink(path)
+        except OSError:
+            pass
+
+
+def _match_mode(fd: int, mode: int) -> None:
+    """Give ``fd``'s file the permission bits ``mode``, which the umask may
+    have narrowed at creation (POSIX only)."""
+    if sys.platform == "win32":
+        return
+    if stat.S_IMODE(os.fstat(fd).st_mode) == mode:
+        return
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        # A file system that cannot hold permission bits (vfat, some network
+        # shares) refuses chmod: the copy itself is good.
+        if exc.errno not in (errno.EPERM, getattr(errno, "EOPNOTSUPP", -1), getattr(errno, "ENOTSUP", -1)):
+            raise
+
+
+# FICLONE is _IOW(0x94, 9, int): 0x40049409 where the ioctl direction "write"
+# is 1 (x86, arm, riscv, s390, ...), 0x80049409 where it is 4 (powerpc, mips,
+# sparc, alpha).
+_FICLONE = 0x40049409
+if sys.platform == "linux" and os.uname().machine.startswith(("ppc", "powerpc", "mips", "sparc", "alpha")):
+    _FICLONE = 0x80049409
+
+
+def _clone_linux(src: str, dst: str) -> None:
+    if sys.platform == "win32":  # never called there (this tells type checkers)
+        raise OSError(errno.EOPNOTSUPP, "FICLONE is Linux's", src, None, dst)
+    import fcntl
+
+    src_fd = os.open(src, SOURCE_FLAGS)
+    try:
+        st = os.fstat(src_fd)
+        _require_regular(st, src)
+        mode = stat.S_IMODE(st.st_mode) & 0o777
+        dst_fd = os.open(dst, CREATE_FLAGS, mode)
+        try:
+            try:
+                try:
+                    fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+                except OSError as exc:  # ioctl's error names no file
+                    raise OSError(exc.errno, exc.strerror, src, None, dst) from None
+                _match_mode(dst_fd, mode)  # FICLONE copies data only
+            finally:
+                os.close(dst_fd)
+        except BaseException:
+            _discard(real, dst, windows=False)
+            raise
+    finally:
+        os.close(src_fd)
+
+
+_clonefile: Callable[[bytes, bytes, int], int] | None = None
+
+
+def _clone_darwin(src: str, dst: str) -> None:
+    import ctypes
+
+    global _clonefile
+    _require_regular(os.lstat(src), src)  # clonefile would clone a whole directory
+    if _clonefile is None:
+        libsystem = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+        function = libsystem.clonefile
+        function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32]
+        function.restype = ctypes.c_int
+        _clonefile = function
+    clone_nofollow = 0x0001  # CLONE_NOFOLLOW from <sys/clonefile.h>
+    # clonefile creates dst (EEXIST if it exists) with src's mode, or nothing.
+    if _clonefile(os.fsencode(src), os.fsencode(dst), clone_nofollow) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src, None, dst)
+
+
+def _copy_file(ops: OsOps, src: str, dst: str, *, windows: bool) -> None:
+    """``OsOps.copyfile`` through ``ops``'s own open/read/write/close, so an
+    emulator's rules apply to it.  ``windows``: create ``dst`` writable and
+    set the read-only attribute after closing it (Windows cannot delete a
+    read-only file if the copy fails; a handle can write it all the same)."""
+    src_fd = ops.open(src, SOURCE_FLAGS)
+    try:
+        st = ops.fstat(src_fd)
+        _require_regular(st, src)
+        mode = stat.S_IMODE(st.st_mode) & 0o777
+        dst_fd = ops.open(dst, CREATE_FLAGS, 0o666 if windows else mode, share_delete=False)
+        try:
+            try:
+                _copy_data(ops, src_fd, dst_fd, st.st_size, kernel=not windows and sys.platform == "linux")
+                if not windows:
+                    _match_mode(dst_fd, mode)
+            finally:
+                ops.close(dst_fd)
+            if windows and not mode & stat.S_IWRITE:
+                ops.chmod(dst, mode)
+        except BaseException:
+            _discard(ops, dst, windows=windows)
+            raise
+    finally:
+        ops.close(src_fd)
+
+
+def _copy_data(ops: OsOps, src_fd: int, dst_fd: int, size: int, *, kernel: bool) -> None:
+    """Copy all of ``src_fd`` (at offset 0) into the new file ``dst_fd``."""
+    if kernel:
+        # In-kernel copies at explicit source offsets: if the first call is
+        # refused, nothing was written and both positions are still 0.
+        count = min(max(size, 8 * _MIB), 1 << 30)
+        copy_file_range = getattr(os, "copy_file_range", None)
+        if copy_file_range is not None and _kernel_copy(
+            lambda offset: copy_file_range(src_fd, dst_fd, count, offset, offset)
+        ):
+            return
+        sendfile = getattr(os, "sendfile", None)
+        if sendfile is not None and _kernel_copy(lambda offset: sendfile(dst_fd, src_fd, offset, count)):
+            return
+    while True:
+        block = ops.read(src_fd, _MIB)
+        if not block:
+            return
+        view = memoryview(block)
+        while view:
+            view = view[ops.write(dst_fd, view) :]
+
+
+def _kernel_copy(call: Callable[[int], int]) -> bool:
+    """Run ``call(offset)`` (which copies from ``offset`` on and returns
+    the count) to the end of the source; False if it was refused before
+    copying anything."""
+    offset = 0
+    while True:
+        try:
+            done = call(offset)
+        except OSError as exc:
+            if offset == 0 and exc.errno in _NO_KERNEL_COPY:
+                return False
+            raise
+        if done == 0:
+            # Some file systems (procfs, some FUSE) report 0 bytes at once
+            # for a file that has data: let the read loop have it.
+            # (an empty file costs one read more).
+            return offset > 0
+        offset += done
 
 
 #: The real operating system.

@@ -66,18 +66,69 @@ def open_shared(path: str, flags: int) -> int:
         raise
 
 
-def lock(fd: int, *, blocking: bool) -> None:
-    """Lock the first byte of the lock file (filelock does the same)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    try:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError as exc:
-        # LK_NBLCK reports a held lock as EACCES (error 33 underneath).
-        if exc.errno in (errno.EACCES, errno.EDEADLK):
-            raise BlockingIOError(errno.EAGAIN, "lock is held by another process") from exc
-        raise
+# -- locks: LockFileEx on byte 0 --------------------------------------------------
+# The OS releases these when the handle closes or the process dies.  Byte 0
+# is the byte older safecache versions locked with msvcrt.locking (LockFile,
+# which is LockFileEx's exclusive lock), so the two still exclude each other.
+
+
+class _OVERLAPPED(ctypes.Structure):
+    _fields_ = [
+        ("Internal", ctypes.c_size_t),  # ULONG_PTR
+        ("InternalHigh", ctypes.c_size_t),
+        ("Offset", wintypes.DWORD),  # in a union with a PVOID: same size and
+        ("OffsetHigh", wintypes.DWORD),  # alignment as these two on 64-bit
+        ("hEvent", wintypes.HANDLE),
+    ]
+
+
+_LockFileEx = _kernel32.LockFileEx
+_LockFileEx.argtypes = [
+    wintypes.HANDLE,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    ctypes.POINTER(_OVERLAPPED),
+]
+_LockFileEx.restype = wintypes.BOOL
+_UnlockFileEx = _kernel32.UnlockFileEx
+_UnlockFileEx.argtypes = [
+    wintypes.HANDLE,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    ctypes.POINTER(_OVERLAPPED),
+]
+_UnlockFileEx.restype = wintypes.BOOL
+
+LOCKFILE_FAIL_IMMEDIATELY = 0x1
+LOCKFILE_EXCLUSIVE_LOCK = 0x2
+ERROR_LOCK_VIOLATION = 33
+ERROR_IO_PENDING = 997
+
+
+def lock(fd: int, *, blocking: bool, shared: bool = False) -> None:
+    """Lock byte 0 of ``fd``'s file with ``LockFileEx``: exclusively, or
+    shared with other shared holders.  A lock held by another handle raises
+    ``BlockingIOError`` when not ``blocking``."""
+    flags = 0 if shared else LOCKFILE_EXCLUSIVE_LOCK
+    if not blocking:
+        flags |= LOCKFILE_FAIL_IMMEDIATELY
+    handle = msvcrt.get_osfhandle(fd)
+    overlapped = _OVERLAPPED()  # Offset 0, OffsetHigh 0: byte 0
+    if _LockFileEx(handle, flags, 0, 1, 0, ctypes.byref(overlapped)):
+        return
+    code = ctypes.get_last_error()
+    # ERROR_IO_PENDING comes only from a handle opened for overlapped I/O,
+    # which safecache never opens; it means the same as 33 there.
+    if code in (ERROR_LOCK_VIOLATION, ERROR_IO_PENDING):
+        raise BlockingIOError(errno.EAGAIN, "lock is held by another process") from ctypes.WinError(code)
+    raise ctypes.WinError(code)
 
 
 def unlock(fd: int) -> None:
-    os.lseek(fd, 0, os.SEEK_SET)
-    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    handle = msvcrt.get_osfhandle(fd)
+    overlapped = _OVERLAPPED()
+    if not _UnlockFileEx(handle, 0, 1, 0, ctypes.byref(overlapped)):
+        raise ctypes.WinError(ctypes.get_last_error())

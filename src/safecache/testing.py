@@ -74,6 +74,7 @@ ERROR_INVALID_FUNCTION = 1
 ERROR_ACCESS_DENIED = 5
 ERROR_SHARING_VIOLATION = 32
 ERROR_LOCK_VIOLATION = 33
+ERROR_NOT_SUPPORTED = 50
 ERROR_FILE_EXISTS = 80
 ERROR_INVALID_NAME = 123
 ERROR_DIR_NOT_EMPTY = 145
@@ -89,6 +90,7 @@ _WINERRORS: dict[int, tuple[int, str]] = {
     2: (errno.ENOENT, "The system cannot find the file specified"),
     3: (errno.ENOENT, "The system cannot find the path specified"),
     5: (errno.EACCES, "Access is denied"),
+    17: (errno.EXDEV, "The system cannot move the file to a different disk drive"),
     32: (
         errno.EACCES,
         "The process cannot access the file because it is being used by another process",
@@ -97,6 +99,7 @@ _WINERRORS: dict[int, tuple[int, str]] = {
         errno.EACCES,
         "The process cannot access the file because another process has locked a portion of the file",
     ),
+    50: (errno.EINVAL, "The request is not supported"),
     80: (errno.EEXIST, "The file exists"),
     112: (errno.ENOSPC, "There is not enough space on the disk"),
     123: (errno.EINVAL, "The filename, directory name, or volume label syntax is incorrect"),
@@ -290,8 +293,9 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86_64 and aarch64
 _SPAN = 1 << 40
 _HANDLES = 1 << 62
 _NO_SHARE_DELETE = _HANDLES + (1 << 61)
-# The byte _win32.lock locks with msvcrt.locking: a Windows byte-range lock on
-# it makes reads and writes of that byte through other handles fail with 33.
+# The byte _win32.lock locks with LockFileEx: an exclusive Windows byte-range
+# lock on it makes reads and writes of that byte through other handles fail
+# with 33; a shared one, writes only.
 _LOCKED_BYTE = 0
 _offsets = random.SystemRandom()  # not the seeded stream: opens must not shift it
 
@@ -314,9 +318,11 @@ def _ofd_setlk(fd: int, ltype: int, start: int, length: int) -> bool:
     return True
 
 
-def _ofd_conflict(fd: int, start: int, length: int) -> bool:
-    """Whether any other open file description holds a lock in the range."""
-    request = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+def _ofd_conflict(fd: int, start: int, length: int, probe: int | None = None) -> bool:
+    """Whether any other open file description holds a lock in the range
+    (with ``probe=F_RDLCK``: a write lock, the only kind a read lock
+    conflicts with)."""
+    request = _FLOCK.pack(fcntl.F_WRLCK if probe is None else probe, os.SEEK_SET, start, length, 0)
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request)
     ltype: int = _FLOCK.unpack(answer)[0]
     return ltype != fcntl.F_UNLCK
@@ -478,6 +484,7 @@ class WindowsOptions(TypedDict):
     transient_denials: float
     transient_lock_violations: float | None
     seed: int | None
+    block_cloning: bool
 
 
 # Operations an antivirus scanner or indexer can make fail for a moment, and
@@ -503,6 +510,11 @@ _WIN32_CODE_FOR_ERRNO: dict[int, int] = {
 }
 
 T = TypeVar("T")
+
+# What FICLONE says on a file system that cannot clone (see OsOps.clone).
+_CLONE_UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL, errno.EBADF, errno.ENOSYS}
+)
 
 
 def _as_win32_error(exc: OSError) -> OSError:
@@ -578,6 +590,11 @@ class WindowsOps(OsOps):
     ``seed``
         Makes the transient denials reproducible; each process draws from
         its own stream (see docs/testing.md).
+    ``block_cloning`` (default False)
+        False models a volume without block cloning (NTFS, FAT):
+        :meth:`clone` fails with winerror 50.  True models ReFS or a Dev
+        Drive: :meth:`clone` clones for real where the Linux file system
+        can (``FICLONE``: btrfs, XFS with reflink), else fails with 50.
 
     Raises ``RuntimeError`` where open file description locks are missing
     (not Linux).
@@ -596,6 +613,7 @@ class WindowsOps(OsOps):
         transient_denials: float = 0.0,
         transient_lock_violations: float | None = None,
         seed: int | None = None,
+        block_cloning: bool = False,
     ) -> None:
         _require_ofd_locks()
         self.posix_delete = posix_delete
@@ -613,6 +631,7 @@ class WindowsOps(OsOps):
         )
         self._lock_violations_option = transient_lock_violations
         self.seed = seed
+        self.block_cloning = block_cloning
         self._process = _PerProcess(seed)
 
     @property
@@ -628,6 +647,7 @@ class WindowsOps(OsOps):
             transient_denials=self.transient_denials,
             transient_lock_violations=self._lock_violations_option,
             seed=self.seed,
+            block_cloning=self.block_cloning,
         )
 
     @property
@@ -660,7 +680,7 @@ class WindowsOps(OsOps):
             reason = f"transient denial of {op} (simulated antivirus)"
             raise _windows_error(code, path, path2, reason=reason, crt=crt)
 
-    def _lock_violation(self, fd: int, offset: int | None, length: int) -> None:
+    def _lock_violation(self, fd: int, offset: int | None, length: int, *, write: bool) -> None:
         # os.read and os.write go through the C runtime: errno only (crt).
         if self._process.chance(self.transient_lock_violations):
             self._process.count("transient")
@@ -670,7 +690,8 @@ class WindowsOps(OsOps):
         try:
             if offset is None:
                 offset = os.lseek(fd, 0, os.SEEK_CUR)
-            locked = _ofd_conflict(fd, offset, max(length, 1))
+            # A read conflicts only with an exclusive lock (a write lock).
+            locked = _ofd_conflict(fd, offset, max(length, 1), None if write else fcntl.F_RDLCK)
         except OSError:  # a pipe or other descriptor that cannot be locked
             return
         if locked:
@@ -807,32 +828,37 @@ class WindowsOps(OsOps):
         return fd
 
     def read(self, fd: int, n: int) -> bytes:
-        self._lock_violation(fd, None, n)
+        self._lock_violation(fd, None, n, write=False)
         return super().read(fd, n)
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
-        self._lock_violation(fd, offset, n)
+        self._lock_violation(fd, offset, n, write=False)
         return super().pread(fd, n, offset)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
-        self._lock_violation(fd, None, len(data))
+        self._lock_violation(fd, None, len(data), write=True)
         return super().write(fd, data)
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        self._lock_violation(fd, offset, len(data))
+        self._lock_violation(fd, offset, len(data), write=True)
         return super().pwrite(fd, data, offset)
 
     # -- locks -------------------------------------------------------------
-    def lock(self, fd: int, *, blocking: bool) -> None:
-        """flock, plus a Windows byte-range lock on byte 0 (what
-        ``msvcrt.locking`` takes in the real Windows code): while it is held,
-        reads and writes of byte 0 through other handles fail with 33."""
-        super().lock(fd, blocking=blocking)
-        # Only one descriptor holds the flock, so only one takes this lock;
-        # a write lock when the descriptor allows it, else a read lock (a
-        # probe for a write lock sees either).
-        writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-        _ofd_setlk(fd, fcntl.F_WRLCK if writable else fcntl.F_RDLCK, _LOCKED_BYTE, 1)
+    def lock(self, fd: int, *, blocking: bool, shared: bool = False) -> None:
+        """flock (``LOCK_SH`` when ``shared``), plus a Windows byte-range
+        lock on byte 0 (what ``LockFileEx`` takes in the real Windows code):
+        while an exclusive one is held, reads and writes of byte 0 through
+        other handles fail with 33; while a shared one is held, writes."""
+        super().lock(fd, blocking=blocking, shared=shared)
+        # An exclusive holder is alone (flock), so it takes a write lock
+        # when the descriptor allows it, else a read lock (which only write
+        # probes see).  Shared holders take read locks, which coexist.
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        if shared:
+            ltype = fcntl.F_WRLCK if access == os.O_WRONLY else fcntl.F_RDLCK
+        else:
+            ltype = fcntl.F_RDLCK if access == os.O_RDONLY else fcntl.F_WRLCK
+        _ofd_setlk(fd, ltype, _LOCKED_BYTE, 1)
 
     def unlock(self, fd: int) -> None:
         _ofd_setlk(fd, fcntl.F_UNLCK, _LOCKED_BYTE, 1)
@@ -1026,6 +1052,41 @@ class WindowsOps(OsOps):
         self._check_new_name(dst, src)
         _win32(super().symlink, src, dst)
 
+    # -- whole files ---------------------------------------------------------
+    def clone(self, src: str, dst: str) -> None:
+        """Block cloning (``FSCTL_DUPLICATE_EXTENTS_TO_FILE``).
+
+        A missing ``src`` is 2.  Without the ``block_cloning`` option (NTFS,
+        FAT) ``OSError(EINVAL)`` with winerror 50 (``ERROR_NOT_SUPPORTED``).
+        With it, the real clone where the Linux file system supports it, else
+        50; ``FileExistsError`` (80) if ``dst`` exists; 17 across volumes.
+        """
+        self._check_zombie(src, src)
+        self._check_source(src, dst)
+        if not self.block_cloning:
+            reason = "the volume does not support block cloning (ReFS and Dev Drives do)"
+            raise self._deny(ERROR_NOT_SUPPORTED, src, dst, reason=reason)
+        self._check_new_name(dst, src)
+        try:
+            super().clone(src, dst)
+        except FileExistsError:
+            raise self._deny(ERROR_FILE_EXISTS, src, dst, reason="the clone's name exists") from None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise self._deny(17, src, dst, reason="block cloning within one volume only") from None
+            if exc.errno in _CLONE_UNSUPPORTED:
+                reason = f"the Linux file system cannot clone ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+                raise self._deny(ERROR_NOT_SUPPORTED, src, dst, reason=reason) from None
+            raise _as_win32_error(exc) from None
+
+    def copyfile(self, src: str, dst: str) -> None:
+        """The copy safecache's Windows code makes: a read/write loop through
+        :meth:`open`, :meth:`read`, :meth:`write` and :meth:`close` (so their
+        rules apply: ``FileExistsError`` (80, no ``winerror``) if ``dst``
+        exists, 33 on a locked byte, ...), ``dst`` created writable and made
+        read-only after closing if ``src`` is; ``dst`` removed on failure."""
+        _osops._copy_file(self, src, dst, windows=True)
+
 
 # ---------------------------------------------------------------------------
 # Installing
@@ -1055,6 +1116,7 @@ def windows_semantics(
     transient_denials: float = 0.0,
     transient_lock_violations: float | None = None,
     seed: int | None = None,
+    block_cloning: bool = False,
 ) -> Iterator[WindowsOps]:
     """Emulate Windows file semantics inside the ``with`` block.
 
@@ -1073,6 +1135,7 @@ def windows_semantics(
         transient_denials=transient_denials,
         transient_lock_violations=transient_lock_violations,
         seed=seed,
+        block_cloning=block_cloning,
     )
     with _installed(ops):
         yield ops
@@ -1088,6 +1151,7 @@ def enable_windows_semantics(
     transient_denials: float = 0.0,
     transient_lock_violations: float | None = None,
     seed: int | None = None,
+    block_cloning: bool = False,
 ) -> WindowsOps:
     """Install a :class:`WindowsOps` until :func:`disable_windows_semantics`.
 
@@ -1105,6 +1169,7 @@ def enable_windows_semantics(
         transient_denials=transient_denials,
         transient_lock_violations=transient_lock_violations,
         seed=seed,
+        block_cloning=block_cloning,
     )
     _enabled.append(_osops.current)
     _osops.current = ops
@@ -1148,7 +1213,7 @@ def holding(path: str, *, share_delete: bool = False, write: bool = False) -> It
 OPERATIONS: tuple[str, ...] = tuple(
     name for name, value in vars(OsOps).items() if callable(value) and not name.startswith("_")
 )
-_TWO_PATH_OPS = frozenset({"replace", "rename", "link", "symlink"})
+_TWO_PATH_OPS = frozenset({"replace", "rename", "link", "symlink", "clone", "copyfile"})
 
 ErrorSpec = Union[int, WinError, BaseException, type[BaseException]]
 
@@ -1157,7 +1222,7 @@ class Call(NamedTuple):
     """One operation seen by :class:`FaultOps`: its name, its path (for a
     descriptor operation, the path the descriptor was opened with, if it was
     opened through the same FaultOps), and the second path of a
-    rename/replace/link/symlink."""
+    rename/replace/link/symlink/clone/copyfile."""
 
     op: str
     path: str | None
