@@ -47,14 +47,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+def new_blake2b_128() -> Any:
+    """A fresh BLAKE2b hash with a 16-byte digest (for file contents)."""
+    return _blake2b(b"", digest_size=16)
+
+
 __all__ = [
     "FORMAT_PREFIX",
-    "MAX_DEPTH",
     "KeyPath",
+    "MAX_DEPTH",
     "decode_key",
     "describe_key",
     "encode_key",
     "key_digest",
+    "new_blake2b_128",
 ]
 
 #: First two bytes of every encoding; identifies the format version.

@@ -18,7 +18,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterator
+    from typing import Callable
 
 _WINDOWS = sys.platform == "win32"
 
@@ -182,7 +182,7 @@ class OsOps:
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
 
-    def scandir(self, path: str) -> Iterator[os.DirEntry[str]]:
+    def scandir(self, path: str) -> os._ScandirIterator[str]:
         return os.scandir(path)
 
     def listdir(self, path: str) -> list[str]:

@@ -48,10 +48,8 @@ ON_EXISTING = ("replace", "skip", "error")
 
 def _digest_file(path: str) -> tuple[int, str]:
     """Size and BLAKE2b-128 hex digest of a file, read in 1 MiB chunks."""
-    from ._keys import _blake2b
-
     ops = _osops.current
-    h = _blake2b(b"", digest_size=16)
+    h = _keys.new_blake2b_128()
     size = 0
     fd = ops.open(path, _osops.READ_FLAGS)
     try:
