@@ -80,10 +80,49 @@ def temp_name(path: str) -> str:
     O_EXCL create catches the rare clash with a dead process's leftover."""
     global _counter, _pid
     _counter += 1
+    if _track_fork:
+        return f"{path}.{_pid:x}-{_counter:x}.tmp"
     pid = os.getpid()
     if pid != _pid:  # forked: a child must not reuse its parent's names
         _pid, _counter = pid, 1
     return f"{path}.{pid:x}-{_counter:x}.tmp"
+
+
+def _after_fork_in_child() -> None:
+    global _pid, _counter
+    _pid, _counter = os.getpid(), 0
+
+
+# Where the OS tells us about forks, the pid is refreshed then instead of
+# being asked for on every write.
+_track_fork = hasattr(os, "register_at_fork")
+if _track_fork:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def write_small_fast(path: str, data: bytes) -> bool:
+    """Write ``data`` to a temp file beside ``path`` and rename it over
+    ``path``, calling :mod:`os` directly (only when ``_osops.current is
+    _osops.fast_path``).  Returns False, having left nothing behind, when
+    anything at all goes wrong: the caller then takes :func:`write_file`,
+    which creates missing directories, retries and reports errors."""
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, _osops.CREATE_FLAGS, 0o666)
+    except OSError:
+        return False
+    try:
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written == len(data):
+            os.replace(tmp, path)
+            return True
+    except OSError:
+        pass
+    discard(tmp)
+    return False
 
 
 TEMP_SUFFIX = ".tmp"
