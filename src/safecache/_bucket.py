@@ -7,11 +7,10 @@ import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _format, _fs, _keys, _locks, _osops, _policy
+from . import _format, _fs, _keys, _locks, _osops, _policy, _stats
 from ._errors import CacheReadOnlyError, LockTimeoutError
 from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
-from ._stats import Counters
 
 if TYPE_CHECKING:
     from typing import IO, Callable, Iterable, Union
@@ -53,7 +52,7 @@ class Bucket:
         self.cache = cache
         self.name = name
         self.version = version
-        self.counters = Counters()
+        self.counters = _stats.Counters()
         self._label = f"{name}/v{version}"
         self._trees: Trees | None = None
         if cache.path is not None:
@@ -215,7 +214,10 @@ class Bucket:
                 theirs = ops.lstat(path)
                 if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
                     return
-            _fs.remove(path, budget=_CLEANUP_BUDGET)
+            size = _stats.entry_size(path)
+            if _fs.remove(path, budget=_CLEANUP_BUDGET):
+                self.counters.size -= size
+                self.counters.entries -= 1
         except OSError:
             pass
 
@@ -343,7 +345,8 @@ class Bucket:
         length = len(data) if not isinstance(data, memoryview) else data.nbytes
         crc = _format.crc32(data)
         try:
-            if self._identical(path, raw, length, crc, kind_code):
+            old_size = self._identical(path, raw, length, crc, kind_code)
+            if old_size < 0:
                 if cache.debug_keys:
                     self._debug("put", key, digest, "identical entry already there")
                 return True
@@ -358,8 +361,12 @@ class Bucket:
         except OSError as exc:
             self.counters.error(cache._failed("put", exc, path))
             return False
-        self.counters.writes += 1
-        self.counters.bytes_written += length
+        counters = self.counters
+        counters.writes += 1
+        counters.bytes_written += length
+        counters.size += HEADER_SIZE + length - old_size
+        if not old_size:
+            counters.entries += 1
         if cache.debug_keys:
             self._debug("put", key, digest, "stored")
         return True
@@ -394,34 +401,45 @@ class Bucket:
             return _format.pack_header(state["length"], time.time_ns(), raw, state["crc"], kind_code)
 
         try:
+            old_size = _stats.entry_size(path)
             _fs.write_file(path, chunks(), header=header, durable=cache.durable, budget=cache.retry_budget)
         except _SourceError as err:
             raise err.original from None
         except OSError as exc:
             self.counters.error(cache._failed("put", exc, path))
             return False
-        self.counters.writes += 1
-        self.counters.bytes_written += state["length"]
+        counters = self.counters
+        counters.writes += 1
+        counters.bytes_written += state["length"]
+        counters.size += HEADER_SIZE + state["length"] - old_size
+        if not old_size:
+            counters.entries += 1
         return True
 
-    def _identical(self, path: str, digest: bytes, length: int, crc: int, kind: int) -> bool:
-        """Whether ``path`` already holds an entry with this length, checksum and kind."""
+    def _identical(self, path: str, digest: bytes, length: int, crc: int, kind: int) -> int:
+        """-1 if ``path`` already holds an entry with this length, checksum
+        and kind; otherwise the size of the file there (0 if none), which the
+        write will replace."""
         ops = _osops.current
         if ops is _osops.fast_path and not _os_access(path, os.F_OK):
-            return False  # the common case for a new key, without an exception
+            return 0  # the common case for a new key, without an exception
         try:
             fd = ops.open(path, _osops.READ_FLAGS)
         except OSError:
-            return False
+            return 0
+        size = 0
         try:
-            if ops.fstat(fd).st_size != HEADER_SIZE + length:
-                return False
+            size = ops.fstat(fd).st_size
+            if size != HEADER_SIZE + length:
+                return size
             header = _format.parse_header(ops.read(fd, HEADER_SIZE), digest)
         except (Invalid, OSError):
-            return False
+            return size
         finally:
             ops.close(fd)
-        return header.length == length and header.payload_crc == crc and header.kind == kind
+        if header.length == length and header.payload_crc == crc and header.kind == kind:
+            return -1
+        return size
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``'s entry.  True if one was removed; False if there was
@@ -436,7 +454,12 @@ class Bucket:
         path = self.path_for(key)
         assert path is not None
         try:
-            return _fs.remove(path, budget=cache.retry_budget)
+            size = _stats.entry_size(path)
+            removed = _fs.remove(path, budget=cache.retry_budget)
+            if removed:
+                self.counters.size -= size
+                self.counters.entries -= 1
+            return removed
         except OSError as exc:
             self.counters.error(cache._failed("delete", exc, path))
             return False

@@ -12,6 +12,8 @@ from . import _errors, _fs, _location, _policy
 from ._location import DISABLED, READ_ONLY, READY, Location
 
 if TYPE_CHECKING:
+    import weakref
+
     from ._bucket import Bucket
 
 _NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -34,6 +36,21 @@ def valid_bucket_name(name: str) -> bool:
 
 BUCKETS_DIR = "buckets"
 LOCKS_DIR = "locks"
+
+#: Default size limit: 5 GiB, ccache's default.  A cache over it is trimmed,
+#: least recently used first, down to 90 % of it (ccache trims to 90 % too,
+#: so a full cache is not trimmed again by the very next write).
+DEFAULT_MAX_SIZE = 5 * 1024**3
+#: Default age limit: entries not used for 30 days are removed.  Go trims
+#: after 5 days, citing a month of usage data in which almost all reuse fell
+#: within 5 days (golang.org/issue/22990); that is for build outputs rebuilt
+#: cheaply on every edit.  Tool caches here hold downloads and lint results
+#: of projects touched less often, so the default is longer; set max_age to
+#: choose.
+DEFAULT_MAX_AGE = 30 * 24 * 3600.0
+#: Automatic trimming runs at most this often (Go's trimInterval) unless the
+#: cache is over its size limit.
+DEFAULT_TRIM_INTERVAL = 24 * 3600.0
 
 
 class Cache:
@@ -87,6 +104,14 @@ class Cache:
       same): after a power loss recent entries may be missing or read as
       misses, never as wrong bytes.
 
+    **Size.**  The cache keeps itself under ``max_size`` bytes (default
+    5 GiB; None for no limit) and drops entries and trees not used for
+    ``max_age`` seconds (default 30 days; None to keep them).  Use is recorded
+    by refreshing an entry's mtime at most once an hour.  Trimming runs when
+    a cache is closed (and at exit), at most once per ``trim_interval``
+    unless the cache is over its limit, by one process at a time; others do
+    not wait.  ``auto_trim=False`` leaves it to ``safecache prune``.
+
     Usable as a context manager; ``close()`` is idempotent.
     """
 
@@ -102,6 +127,10 @@ class Cache:
         durable: bool = False,
         retry_budget: float = _fs.DEFAULT_RETRY_BUDGET,
         lock_timeout: float = 600.0,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        max_age: float | None = DEFAULT_MAX_AGE,
+        trim_interval: float = DEFAULT_TRIM_INTERVAL,
+        auto_trim: bool = True,
     ) -> None:
         if env_var is None and app_name:
             env_var = "".join(c if c.isascii() and c.isalnum() else "_" for c in app_name.upper()) + "_CACHE_DIR"
@@ -110,11 +139,16 @@ class Cache:
         self.durable = durable
         self.retry_budget = float(retry_budget)
         self.lock_timeout = float(lock_timeout)
+        self.max_size = max_size
+        self.max_age = max_age
+        self.trim_interval = float(trim_interval)
+        self.auto_trim = auto_trim
         self.debug_keys = _location.env_truthy(os.environ.get("SAFECACHE_DEBUG_KEYS"))
         self._lock = _thread.allocate_lock()
         self._buckets: dict[tuple[str, int], Bucket] = {}
         self._root_ready = False
         self._closed = False
+        _track(self)
         self.location: Location = _location.resolve(
             path, app_name=app_name, env_var=env_var, disable_env=disable_env, enabled=enabled
         )
@@ -180,14 +214,46 @@ class Cache:
         return self.state == READY
 
     def stats(self) -> dict[str, dict[str, object]]:
-        """This process's counters per bucket, keyed ``"name/vN"``."""
+        """This process's counters per bucket since they were last flushed,
+        keyed ``"name/vN"``."""
         with self._lock:
             buckets = list(self._buckets.values())
         return {f"{b.name}/v{b.version}": b.counters.as_dict() for b in buckets}
 
+    def flush(self) -> None:
+        """Add this process's counters into the cache's shared counters
+        (``<root>/stats``).  Called by :meth:`close` and at interpreter exit;
+        never raises in lenient mode.  Does nothing for a cache that cannot
+        be written or whose root was never created."""
+        if self.state != READY or self.path is None or not self._root_ready:
+            return
+        with self._lock:
+            buckets = list(self._buckets.values())
+        deltas: dict[str, dict[str, object]] = {}
+        taken = []
+        for b in buckets:
+            data = b.counters.take()
+            if data is not None:
+                deltas[f"{b.name}/v{b.version}"] = data
+                taken.append((b, data))
+        if not deltas:
+            return
+        from . import _stats
+
+        try:
+            _stats.flush(self.path, deltas)
+        except OSError as exc:
+            for b, data in taken:
+                b.counters.give_back(data)
+            _policy.logger().info("safecache: could not flush counters to %s: %s", self.path, exc)
+
     def close(self) -> None:
-        """Release resources.  Idempotent; the cache must not be used afterwards."""
-        self._closed = True
+        """Flush the counters and release resources.  Idempotent; the cache
+        must not be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self.flush()
+            _open_caches.discard(self)
 
     def __enter__(self) -> "Cache":
         return self
@@ -256,6 +322,31 @@ class Cache:
             "run `safecache doctor` for a diagnosis)",
         )
         return cause
+
+
+_open_caches: weakref.WeakSet[Cache]
+_exit_hook_installed = False
+
+
+def _track(cache: Cache) -> None:
+    """Remember ``cache`` so its counters are flushed at interpreter exit."""
+    global _open_caches, _exit_hook_installed
+    if not _exit_hook_installed:
+        import atexit
+        import weakref
+
+        _open_caches = weakref.WeakSet()
+        atexit.register(_flush_all)
+        _exit_hook_installed = True
+    _open_caches.add(cache)
+
+
+def _flush_all() -> None:
+    for cache in list(_open_caches):
+        try:
+            cache.flush()
+        except Exception:  # noqa: BLE001 - at exit, a cache must never break the caller
+            pass
 
 
 def _stderr(message: str) -> None:

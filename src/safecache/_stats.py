@@ -1,16 +1,44 @@
-"""Per-bucket counters kept in memory by each process.
+"""Counters, kept without scanning: in memory per process, flushed into
+small sharded files (ccache's design).
 
-(Persisting them without contention, ccache-style, is a later step; the
-names here are the ones that will be persisted.)
+Each process adds up what its buckets did (hits, misses, writes, bytes in and
+out, corrupt entries removed, errors by cause, and the change in size and
+entry count it caused).  On ``Cache.close()`` and at interpreter exit it adds
+those deltas into one of 16 shard files, ``<root>/stats/<n>``, chosen by its
+pid, under that shard's lock: concurrent processes rarely touch the same
+shard, and a flush is one small read-modify-write.  Opening a cache writes
+nothing; a read-only or disabled cache never flushes.
+
+The size of the cache is ``baseline + sum of shard deltas``.  Maintenance
+(which walks the cache anyway) writes the exact size into ``stats/baseline``
+and zeroes the size deltas, so drift from races between writers of the same
+key is corrected at every trim.  Reading totals is 17 small files, whatever
+the cache holds.
 """
 
 from __future__ import annotations
 
+import os
+
+from . import _fs, _locks, _osops
+
+SHARDS = 16
+STATS_DIR = "stats"
+BASELINE = "baseline"
+_FORMAT = 1
+#: Fields summed across shards (``errors`` is a dict of cause -> count).
+FIELDS = ("hits", "misses", "writes", "bytes_read", "bytes_written", "corrupt_removed", "size", "entries")
+
 
 class Counters:
-    """What one bucket did in this process."""
+    """What one bucket did in this process since its last flush.
 
-    __slots__ = ("hits", "misses", "writes", "bytes_read", "bytes_written", "corrupt_removed", "errors")
+    ``size`` and ``entries`` are the change this process made to the bytes
+    on disk and the number of entries (negative when it removed more than it
+    added).
+    """
+
+    __slots__ = FIELDS + ("errors",)
 
     def __init__(self) -> None:
         self.hits = 0
@@ -19,18 +47,159 @@ class Counters:
         self.bytes_read = 0
         self.bytes_written = 0
         self.corrupt_removed = 0
+        self.size = 0
+        self.entries = 0
         self.errors: dict[str, int] = {}
 
     def error(self, cause: str) -> None:
         self.errors[cause] = self.errors.get(cause, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "writes": self.writes,
-            "bytes_read": self.bytes_read,
-            "bytes_written": self.bytes_written,
-            "corrupt_removed": self.corrupt_removed,
-            "errors": dict(self.errors),
-        }
+        out: dict[str, object] = {name: getattr(self, name) for name in FIELDS}
+        out["errors"] = dict(self.errors)
+        return out
+
+    def take(self) -> dict[str, object] | None:
+        """Return the counts so far and reset them; None if nothing happened."""
+        data = self.as_dict()
+        if not any(data[name] for name in FIELDS) and not self.errors:
+            return None
+        for name in FIELDS:
+            setattr(self, name, 0)
+        self.errors = {}
+        return data
+
+    def give_back(self, data: dict[str, object]) -> None:
+        """Re-add counts a failed flush could not store."""
+        for name in FIELDS:
+            setattr(self, name, getattr(self, name) + int(data[name]))  # type: ignore[call-overload]
+        for cause, n in dict(data["errors"]).items():  # type: ignore[call-overload]
+            self.errors[cause] = self.errors.get(cause, 0) + n
+
+
+def _empty() -> dict[str, object]:
+    out: dict[str, object] = {name: 0 for name in FIELDS}
+    out["errors"] = {}
+    return out
+
+
+def add_into(total: dict[str, dict[str, object]], label: str, data: dict[str, object]) -> None:
+    into = total.setdefault(label, _empty())
+    for name in FIELDS:
+        into[name] = int(into[name]) + int(data.get(name, 0))  # type: ignore[call-overload]
+    errors = into["errors"]
+    assert isinstance(errors, dict)
+    for cause, n in dict(data.get("errors", {})).items():  # type: ignore[call-overload]
+        errors[cause] = errors.get(cause, 0) + int(n)
+
+
+def _read_doc(path: str) -> dict[str, dict[str, object]]:
+    """A shard or baseline file's buckets; {} if missing or unreadable."""
+    import json
+
+    opened = _fs.read_file(path, budget=0.2)
+    if opened is None:
+        return {}
+    fd, block = opened
+    try:
+        data = block + _fs.read_exact(fd, 1 << 24) if len(block) == 1 << 16 else block
+    finally:
+        _osops.current.close(fd)
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != _FORMAT or not isinstance(doc.get("buckets"), dict):
+            return {}
+        return {str(k): v for k, v in doc["buckets"].items() if isinstance(v, dict)}
+    except (ValueError, AttributeError):
+        return {}  # a torn or foreign file: counts are advisory, start again
+
+
+def _write_doc(path: str, buckets: dict[str, dict[str, object]]) -> None:
+    import json
+
+    data = json.dumps({"format": _FORMAT, "buckets": buckets}, sort_keys=True, separators=(",", ":")).encode()
+    _fs.write_file(path, [data], budget=0.2)
+
+
+def stats_dir(root: str) -> str:
+    return os.path.join(root, STATS_DIR)
+
+
+def shard_path(root: str, pid: int | None = None) -> str:
+    return os.path.join(stats_dir(root), f"{(os.getpid() if pid is None else pid) % SHARDS:x}")
+
+
+def flush(root: str, deltas: dict[str, dict[str, object]], *, timeout: float = 2.0) -> None:
+    """Add ``deltas`` (bucket label -> counts) into this process's shard.
+
+    Raises OSError (including LockTimeoutError) when it cannot; the caller
+    keeps the deltas for a later flush.
+    """
+    if not deltas:
+        return
+    path = shard_path(root)
+    with _locks.FileLock(path + ".lock", timeout=timeout):
+        current = _read_doc(path)
+        for label, data in deltas.items():
+            add_into(current, label, data)
+        _write_doc(path, current)
+
+
+def read_totals(root: str) -> dict[str, dict[str, object]]:
+    """Totals per bucket label: the baseline plus every shard's deltas.
+    Reads 17 small files, however many entries the cache holds."""
+    total: dict[str, dict[str, object]] = {}
+    directory = stats_dir(root)
+    for label, data in _read_doc(os.path.join(directory, BASELINE)).items():
+        add_into(total, label, data)
+    for n in range(SHARDS):
+        for label, data in _read_doc(os.path.join(directory, f"{n:x}")).items():
+            add_into(total, label, data)
+    return total
+
+
+def rebase(root: str, sizes: dict[str, tuple[int, int]], *, timeout: float = 2.0) -> None:
+    """Record exact ``(size, entries)`` per bucket label (from a full walk)
+    as the baseline and zero the shards' size and entry deltas.
+
+    Holds every shard's lock while it does so, so no flush lands between the
+    walk's figures and the reset (a flush made while the walk ran is lost to
+    the size, never double counted: the walk saw its files).
+    """
+    directory = stats_dir(root)
+    locks = [_locks.FileLock(os.path.join(directory, f"{n:x}.lock"), timeout=timeout) for n in range(SHARDS)]
+    held: list[_locks.FileLock] = []
+    try:
+        for lock in locks:
+            lock.acquire()
+            held.append(lock)
+        baseline_path = os.path.join(directory, BASELINE)
+        baseline = _read_doc(baseline_path)
+        for n in range(SHARDS):
+            path = os.path.join(directory, f"{n:x}")
+            doc = _read_doc(path)
+            changed = False
+            for data in doc.values():
+                if data.get("size") or data.get("entries"):
+                    data["size"] = data["entries"] = 0
+                    changed = True
+            if changed:
+                _write_doc(path, doc)
+        for label in set(baseline) | set(sizes):
+            entry = baseline.setdefault(label, _empty())
+            size, entries = sizes.get(label, (0, 0))
+            entry["size"], entry["entries"] = size, entries
+        _write_doc(baseline_path, baseline)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def entry_size(path: str) -> int:
+    """Size of the file at ``path``; 0 if it is not there or cannot be
+    examined (size accounting is advisory: the next trim corrects it, and
+    the operation that needs the file reports its own error)."""
+    try:
+        return _osops.current.lstat(path).st_size
+    except OSError:
+        return 0
