@@ -225,8 +225,10 @@ class Cache:
         (``<root>/stats``).  Called by :meth:`close` and at interpreter exit;
         never raises in lenient mode.  Does nothing for a cache that cannot
         be written or whose root was never created."""
-        if self.state != READY or self.path is None or not self._root_ready:
+        if self.state != READY or self.path is None:
             return
+        if not (self._root_ready or _location.markers_present(self.path)):
+            return  # never create a root just to store counters
         with self._lock:
             buckets = list(self._buckets.values())
         deltas: dict[str, dict[str, object]] = {}
