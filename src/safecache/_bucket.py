@@ -80,8 +80,12 @@ class Bucket:
         """The file that holds ``key``'s entry (None when the cache is disabled)."""
         if self.directory is None:
             return None
+        return self._locate(key)[1]
+
+    def _locate(self, key: Key) -> tuple[str, str]:
+        """(digest, entry path) of ``key``; the bucket must have a directory."""
         digest = _keys.key_digest(key)
-        return os.path.join(self.directory, digest[:2], digest)
+        return digest, f"{self.directory}{os.sep}{digest[:2]}{os.sep}{digest}"
 
     def _debug(self, op: str, key: Key, digest: str, outcome: str) -> None:
         from ._cache import _stderr
@@ -230,8 +234,7 @@ class Bucket:
         cache = self.cache
         if self.directory is None or cache.state is DISABLED:
             return False
-        digest = _keys.key_digest(key)
-        path = os.path.join(self.directory, digest[:2], digest)
+        digest, path = self._locate(key)
         ops = _osops.current
         try:
             opened = _fs.read_file(path, budget=cache.retry_budget)
@@ -260,8 +263,7 @@ class Bucket:
         cache = self.cache
         if self.directory is None or cache.state is DISABLED:
             return None
-        digest = _keys.key_digest(key)
-        path = os.path.join(self.directory, digest[:2], digest)
+        digest, path = self._locate(key)
         ops = _osops.current
         fd = -1
         try:
@@ -385,9 +387,8 @@ class Bucket:
         if self.directory is None or not self._writable("put"):
             return False
         cache = self.cache
-        digest = _keys.key_digest(key)
+        digest, path = self._locate(key)
         raw = bytes.fromhex(digest)
-        path = os.path.join(self.directory, digest[:2], digest)
         state = {"crc": 0, "length": 0}
 
         def chunks() -> Iterable[bytes]:
