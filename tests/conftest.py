@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+MiB = 1024 * 1024
+
 import pytest
 
 import safecache
@@ -40,8 +42,11 @@ def stress(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _isolate() -> Iterator[None]:
-    """Each test starts with fresh warn-once state and the real OS."""
+def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with fresh warn-once state and the real OS, in a
+    working directory of its own (``doctor`` probes link modes into the
+    current directory by default: never into the checkout)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     _policy.reset_warnings()
     before = _osops.current
     yield
@@ -162,3 +167,59 @@ def _force_rmtree(path: Path) -> None:
         except OSError:
             pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- a reflink-capable file system (loop-mounted XFS or btrfs) ------------------------------
+_IMAGES = (
+    # (mkfs program, its arguments, image size): XFS refuses images under 300 MB
+    ("mkfs.xfs", ["-q", "-m", "reflink=1"], 320 * MiB),
+    ("mkfs.btrfs", ["-q"], 128 * MiB),
+)
+
+
+def _sbin_which(name: str) -> str | None:
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+@pytest.fixture(scope="session")
+def reflink_dir() -> Iterator[Path]:
+    """A directory on a freshly made, loop-mounted XFS (or btrfs) image."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system image needs root")
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no loop devices (/dev/loop-control is missing)")
+    tools = [(path, args, size) for name, args, size in _IMAGES if (path := _sbin_which(name))]
+    if not tools:
+        pytest.skip("neither mkfs.xfs (Debian: xfsprogs) nor mkfs.btrfs (btrfs-progs) is installed")
+    base = Path(tempfile.mkdtemp(prefix="safecache-reflink-"))
+    mountpoint = base / "mnt"
+    mountpoint.mkdir()
+    problems = []
+    mounted = False
+    for mkfs, args, size in tools:
+        image = base / f"{os.path.basename(mkfs)}.img"
+        with open(image, "wb") as f:
+            f.truncate(size)  # sparse: a few MB on disk
+        made = subprocess.run([mkfs, *args, str(image)], capture_output=True, text=True)
+        if made.returncode != 0:
+            problems.append(f"{mkfs}: {made.stderr.strip()}")
+            continue
+        mount = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+        if mount.returncode != 0:
+            problems.append(f"mount -o loop ({os.path.basename(mkfs)} image): {mount.stderr.strip()}")
+            continue
+        mounted = True
+        break
+    if not mounted:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip("could not make a reflink-capable file system: " + "; ".join(problems))
+    try:
+        work = mountpoint / "work"
+        work.mkdir()
+        yield work
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+

@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import struct
-import subprocess
 import sys
 import tempfile
 import tracemalloc
@@ -132,59 +131,6 @@ def semantics(request: pytest.FixtureRequest) -> Iterator[bool]:
 
 
 # -- a reflink-capable file system ---------------------------------------------------------------
-
-_IMAGES = (
-    # (mkfs program, its arguments, image size): XFS refuses images under 300 MB
-    ("mkfs.xfs", ["-q", "-m", "reflink=1"], 320 * MiB),
-    ("mkfs.btrfs", ["-q"], 128 * MiB),
-)
-
-
-def _sbin_which(name: str) -> str | None:
-    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
-
-
-@pytest.fixture(scope="session")
-def reflink_dir() -> Iterator[Path]:
-    """A directory on a freshly made, loop-mounted XFS (or btrfs) image."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a file system image needs root")
-    if not os.path.exists("/dev/loop-control"):
-        pytest.skip("no loop devices (/dev/loop-control is missing)")
-    tools = [(path, args, size) for name, args, size in _IMAGES if (path := _sbin_which(name))]
-    if not tools:
-        pytest.skip("neither mkfs.xfs (Debian: xfsprogs) nor mkfs.btrfs (btrfs-progs) is installed")
-    base = Path(tempfile.mkdtemp(prefix="safecache-reflink-"))
-    mountpoint = base / "mnt"
-    mountpoint.mkdir()
-    problems = []
-    mounted = False
-    for mkfs, args, size in tools:
-        image = base / f"{os.path.basename(mkfs)}.img"
-        with open(image, "wb") as f:
-            f.truncate(size)  # sparse: a few MB on disk
-        made = subprocess.run([mkfs, *args, str(image)], capture_output=True, text=True)
-        if made.returncode != 0:
-            problems.append(f"{mkfs}: {made.stderr.strip()}")
-            continue
-        mount = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
-        if mount.returncode != 0:
-            problems.append(f"mount -o loop ({os.path.basename(mkfs)} image): {mount.stderr.strip()}")
-            continue
-        mounted = True
-        break
-    if not mounted:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip("could not make a reflink-capable file system: " + "; ".join(problems))
-    try:
-        work = mountpoint / "work"
-        work.mkdir()
-        yield work
-    finally:
-        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-
 
 @pytest.fixture
 def on_reflink(reflink_dir: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
