@@ -324,24 +324,31 @@ class Tree:
         _fs.makedirs(dest)
         for rel in m.dirs:
             _fs.makedirs(_join(dest, rel))
+        sep = os.sep
+        src_base, dst_base = self.path + sep, dest + sep
         for rel, _size, _mode, _digest in m.files:
-            src = _join(self.path, rel)
-            dst = _join(dest, rel)
-            if os.path.lexists(dst):
+            native = rel if sep == "/" else rel.replace("/", sep)
+            src = src_base + native
+            dst = dst_base + native
+            # No existence check first: the link, clone or copy creates the
+            # name exclusively, and an existing file is the exception.
+            try:
+                if self._place_one(placer, src, dst, rel, report):
+                    report.placed += 1
+                continue
+            except FileExistsError:
                 if on_existing == "skip":
                     report.skipped += 1
                     continue
-                tmp = _fs.temp_name(dst)
-                if not self._place_one(placer, src, tmp, rel, report):
-                    continue
-                try:
-                    _fs.retry("replace", ops.replace, tmp, dst)
-                except BaseException:
-                    _fs.discard(tmp)
-                    raise
-                report.replaced += 1
-            elif self._place_one(placer, src, dst, rel, report):
-                report.placed += 1
+            tmp = _fs.temp_name(dst)
+            if not self._place_one(placer, src, tmp, rel, report):
+                continue
+            try:
+                _fs.replace_file(tmp, dst)
+            except BaseException:
+                _fs.discard(tmp)
+                raise
+            report.replaced += 1
         for rel, target in m.symlinks:
             dst = _join(dest, rel)
             if os.path.lexists(dst):
