@@ -256,6 +256,10 @@ class Cache:
             self._closed = True
             self.flush()
             _open_caches.discard(self)
+            if self.auto_trim and self.state == READY and self._root_ready:
+                from ._maintenance import maybe_trim  # only processes that wrote get here
+
+                maybe_trim(self)
 
     def __enter__(self) -> "Cache":
         return self
@@ -344,9 +348,10 @@ def _track(cache: Cache) -> None:
 
 
 def _flush_all() -> None:
+    """At exit: close every cache still open (flush counters, maybe trim)."""
     for cache in list(_open_caches):
         try:
-            cache.flush()
+            cache.close()
         except Exception:  # noqa: BLE001 - at exit, a cache must never break the caller
             pass
 

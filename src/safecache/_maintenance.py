@@ -164,9 +164,10 @@ def _parse_label(spec: str) -> tuple[str, int | None]:
         raise ValueError(f"invalid bucket {spec!r}: expected a bucket name or name/vN")
     if not version:
         return name, None
-    if not (version.startswith("v") and version[1:].isascii() and version[1:].isdigit() and len(version) <= 11):
+    digits = version[1:]
+    if not (version.startswith("v") and digits.isascii() and digits.isdigit() and len(digits) <= 10 and int(digits) < 2**31):
         raise ValueError(f"invalid bucket {spec!r}: expected a bucket name or name/vN")
-    return name, int(version[1:])
+    return name, int(digits)
 
 
 # -- one run -----------------------------------------------------------------------

@@ -162,9 +162,11 @@ def rebase(root: str, sizes: dict[str, tuple[int, int]], *, timeout: float = 2.0
     """Record exact ``(size, entries)`` per bucket label (from a full walk)
     as the baseline and zero the shards' size and entry deltas.
 
-    Holds every shard's lock while it does so, so no flush lands between the
-    walk's figures and the reset (a flush made while the walk ran is lost to
-    the size, never double counted: the walk saw its files).
+    Holds every shard's lock while it does so, so no flush lands between
+    the reset and the new baseline.  Writers still running during the walk
+    make the result approximate: a file the walk saw whose writer flushes
+    later is counted twice, one written after the walk passed its shard and
+    flushed before the rebase is missed.  The next rebase corrects both.
     """
     directory = stats_dir(root)
     locks = [_locks.FileLock(os.path.join(directory, f"{n:x}.lock"), timeout=timeout) for n in range(SHARDS)]
