@@ -470,7 +470,9 @@ def test_one_trimmer_at_a_time_others_do_not_wait(cache: safecache.Cache, root: 
         assert report.skipped_reason == "another process is trimming"
         assert report.removed_entries == 0
         cache.bucket("data", 1).put("written", b"by this process")
-        assert _maintenance.maybe_trim(cache) is not None  # due (never trimmed), but skipped too
+        (root / "stats").mkdir(exist_ok=True)
+        (root / "stats" / "trim").write_text(f"{time.time() - 2 * DAY:.0f}\n")
+        assert _maintenance.maybe_trim(cache) is not None  # due, but skipped too
         pruned = _maintenance.prune(cache, older_than=DAY, timeout=0.2)
         assert pruned.skipped_reason == "another process is trimming"
         forced = _maintenance.prune(cache, older_than=DAY, force=True)
@@ -484,15 +486,16 @@ def test_maybe_trim_runs_at_most_once_per_interval_unless_over_the_limit(root: P
     assert _maintenance.maybe_trim(cache) is None  # this process only read: it leaves the cache alone
     assert not (root / "stats" / "trim").exists()
     cache.bucket("data", 1).put("written", b"by this process")
-    first = _maintenance.maybe_trim(cache)
-    assert first is not None and first.skipped_reason == ""  # never trimmed: due
+    # Never trimmed: the interval starts now (a young cache has nothing to age out).
+    assert _maintenance.maybe_trim(cache) is None
     stamp = root / "stats" / "trim"
     assert abs(float(stamp.read_text()) - time.time()) < 60
-    assert _maintenance.maybe_trim(cache) is None  # trimmed just now, and under the limit
     assert _maintenance.info(cache)["last_trim"] is not None
-
     stamp.write_text(f"{time.time() - 2 * DAY:.0f}\n")
-    assert _maintenance.maybe_trim(cache) is not None  # the interval has passed
+    first = _maintenance.maybe_trim(cache)
+    assert first is not None and first.skipped_reason == ""  # the interval has passed
+    assert _maintenance.maybe_trim(cache) is None  # trimmed just now, and under the limit
+
     stamp.write_text(f"{time.time() + 30 * DAY:.0f}\n")
     assert _maintenance.maybe_trim(cache) is not None  # a stamp in the future: the clock jumped
     stamp.write_text("garbage")
@@ -508,6 +511,15 @@ def test_maybe_trim_runs_at_most_once_per_interval_unless_over_the_limit(root: P
     assert report is not None and report.removed_entries > 0
     assert walk_size(root) <= 18_000
     assert _maintenance.maybe_trim(small) is None
+
+
+def test_a_never_trimmed_cache_over_its_limit_is_trimmed_at_once(root: Path) -> None:
+    with safecache.Cache(root, auto_trim=False) as c:
+        populate(c, 50)
+    cache = safecache.Cache(root, max_size=20_000, auto_trim=False)
+    cache.bucket("data", 1).put("written", b"by this process")
+    report = _maintenance.maybe_trim(cache)
+    assert report is not None and report.removed_entries > 0 and walk_size(root) <= 18_000
 
 
 def test_maybe_trim_does_nothing_for_a_cache_that_holds_nothing(root: Path) -> None:

@@ -259,7 +259,10 @@ class Cache:
             if self.auto_trim and self.state == READY and self._root_ready:
                 from ._maintenance import maybe_trim  # only processes that wrote get here
 
-                maybe_trim(self)
+                try:
+                    maybe_trim(self)
+                except OSError as exc:  # nobody asked for this trim: never raise from close()
+                    _policy.logger().info("safecache: automatic trim of %s failed: %s", self.path, exc)
 
     def __enter__(self) -> "Cache":
         return self

@@ -1161,22 +1161,31 @@ def _stamp_path(root: str) -> str:
 
 
 def _read_stamp(root: str) -> float | None:
-    """The time of the last completed trim; None if never (or unreadable:
-    the cache then looks untrimmed, and is trimmed)."""
+    """The time in ``stats/trim``; None if there is none or it is unreadable."""
+    return _stamp(root)[1]
+
+
+def _stamp(root: str) -> tuple[bool, float | None]:
+    """``(present, time)`` of ``stats/trim``; a present file that does not
+    parse gives ``(True, None)``: the cache then looks untrimmed, and is trimmed."""
     opened = _fs.read_file(_stamp_path(root), budget=0.2)
     if opened is None:
-        return None
+        return False, None
     fd, block = opened
     _osops.current.close(fd)
     try:
-        return float(block.decode("ascii").strip())
+        return True, float(block.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
-        return None
+        return True, None
 
 
 def _write_stamp(run: _Run) -> None:
+    _record_stamp(run.root, run.now)
+
+
+def _record_stamp(root: str, now: float) -> None:
     try:
-        _fs.write_file(_stamp_path(run.root), [f"{run.now:.0f}\n".encode()], budget=0.2)
+        _fs.write_file(_stamp_path(root), [f"{now:.0f}\n".encode()], budget=0.2)
     except OSError as exc:
         # As Go: the cache will look older than it is and be trimmed again.
         _policy.logger().info("safecache: could not record the trim time: %s", exc)
@@ -1277,12 +1286,14 @@ def trim(
 
 def maybe_trim(cache: Cache) -> Report | None:
     """The automatic trim, called by ``Cache.close()``: trims if the last
-    trim is older than ``cache.trim_interval`` (or the stamp is missing,
-    unreadable, or in the future), or if the counters say the cache is over
+    trim is older than ``cache.trim_interval`` (or the stamp is unreadable,
+    or in the future), or if the counters say the cache is over
     ``cache.max_size`` and the last trim is at least
     :data:`OVER_LIMIT_SPACING` seconds old; otherwise returns None after
-    reading one small file (18 when a size limit is set).  Never waits for
-    another trimmer.
+    reading one small file (18 when a size limit is set).  A cache without
+    a stamp (never trimmed) starts its interval instead: the stamp is
+    written, and the cache is trimmed only if it is over its limit.  Never
+    waits for another trimmer.
 
     Only a process that wrote to the cache trims it: a process that only
     read leaves the cache as it found it (opening and reading a cache writes
@@ -1296,18 +1307,31 @@ def maybe_trim(cache: Cache) -> Report | None:
     try:
         if not _fs.exists(os.path.join(root, BUCKETS_DIR)):
             return None
-        last = _read_stamp(root)
+        present, last = _stamp(root)
         now = _now()
+        if not present:
+            # Never trimmed: a cache this young has nothing to age out, so
+            # the interval starts now (unless it is already over its limit).
+            # Walking it at the first close would also race with the
+            # processes still filling it, whose counts are not flushed yet.
+            if cache.max_size is not None and _total_size(root) > cache.max_size:
+                return trim(cache)
+            _record_stamp(root, now)
+            return None
         due = last is None or now - last >= cache.trim_interval or last > now + _FUTURE_SLACK
         if not due and cache.max_size is not None and last is not None and now - last >= OVER_LIMIT_SPACING:
-            totals = _stats.read_totals(root)
-            due = sum(int(data.get("size", 0)) for data in totals.values()) > cache.max_size  # type: ignore[call-overload]
+            due = _total_size(root) > cache.max_size
     except OSError as exc:
         cache._failed("trim", exc, root)
         return None
     if not due:
         return None
     return trim(cache)
+
+
+def _total_size(root: str) -> int:
+    """The cache's size according to its counters (17 small files)."""
+    return sum(int(data.get("size", 0)) for data in _stats.read_totals(root).values())  # type: ignore[call-overload]
 
 
 def prune(

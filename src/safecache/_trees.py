@@ -33,6 +33,7 @@ import time
 
 from . import _fs, _keys, _link, _locks, _osops, _policy
 from ._format import HEADER_SIZE, Invalid, pack_header
+from ._bucket import MTIME_INTERVAL_NS
 from ._location import READY
 
 TYPE_CHECKING = False
@@ -51,7 +52,7 @@ def _digest_file(path: str) -> tuple[int, str]:
     ops = _osops.current
     h = _keys.new_blake2b_128()
     size = 0
-    fd = ops.open(path, _osops.READ_FLAGS)
+    fd = _fs.retry("open", ops.open, path, _osops.READ_FLAGS)
     try:
         while True:
             block = ops.read(fd, _CHUNK)
@@ -138,9 +139,11 @@ def _check_relative(rel: str) -> None:
         raise ValueError(f"unsafe path in manifest: {rel!r}")
 
 
-def scan(root: str, kind: str, tree_id: str) -> Manifest:
+def scan(root: str, kind: str, tree_id: str, *, digests: bool = True) -> Manifest:
     """Describe the directory ``root``: never follows symlinks; refuses
-    anything that is not a regular file, a directory or a symlink."""
+    anything that is not a regular file, a directory or a symlink.
+    ``digests=False`` records sizes and modes only (no file is opened), for
+    a private tree that will never be verified."""
     ops = _osops.current
     files: list[tuple[str, int, int, str]] = []
     dirs: list[str] = []
@@ -159,7 +162,7 @@ def scan(root: str, kind: str, tree_id: str) -> Manifest:
             elif _stat.S_ISLNK(st.st_mode):
                 symlinks.append((rel, os.readlink(entry.path)))
             elif _stat.S_ISREG(st.st_mode):
-                size, digest = _digest_file(entry.path)
+                size, digest = _digest_file(entry.path) if digests else (st.st_size, "")
                 files.append((rel, size, _stat.S_IMODE(st.st_mode), digest))
             else:
                 raise ValueError(f"a tree can hold files, directories and symlinks, not {rel!r}")
@@ -489,7 +492,7 @@ class Trees:
 
             raw = bytes.fromhex(digest)
             if len(block) < 1 << 16:
-                _header, payload = decode_small(block, raw)
+                header, payload = decode_small(block, raw)
             else:
                 header = parse_header(block, raw)
                 rest = _fs.read_exact(fd, header.length + HEADER_SIZE - len(block))
@@ -499,6 +502,8 @@ class Trees:
                 if len(payload) != header.length or crc32(payload) != header.payload_crc:
                     raise Invalid("bad-checksum")
             manifest = Manifest.from_bytes(payload)
+            if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
+                self.bucket._mark_used(fd, pointer)  # a tree's use time is its pointer's mtime
         except (Invalid, ValueError, KeyError, TypeError) as exc:
             _policy.logger().info("safecache: invalid tree pointer %s (%s)", pointer, exc)
             self.bucket.counters.corrupt_removed += 1
@@ -589,18 +594,28 @@ class Trees:
         """Move a staged tree to a private temp dir the caller owns."""
         import tempfile
 
-        private = tempfile.mkdtemp(prefix="safecache-tree-")
-        target = os.path.join(private, "tree")
+        ephemeral = True
         try:
-            os.rename(directory, target)
-        except OSError:
-            import shutil
+            private = tempfile.mkdtemp(prefix="safecache-tree-")
+            target = os.path.join(private, "tree")
+            try:
+                os.rename(directory, target)
+            except OSError:
+                import shutil
 
-            shutil.copytree(directory, target, symlinks=True)
-            _remove_quietly(directory)
+                shutil.copytree(directory, target, symlinks=True)
+                _remove_quietly(directory)
+        except OSError:
+            # Nowhere private to put it: hand out the staged directory itself
+            # (not ephemeral: it sits in the cache, and maintenance removes it
+            # as an old staging tree).
+            target, ephemeral = directory, False
         if manifest is None:
-            manifest = scan(target, kind, os.urandom(16).hex())
-        return Tree(target, manifest, None, ephemeral=True)
+            try:
+                manifest = scan(target, kind, os.urandom(16).hex())
+            except OSError:  # files still held by someone (Windows): no digests then
+                manifest = scan(target, kind, os.urandom(16).hex(), digests=False)
+        return Tree(target, manifest, None, ephemeral=ephemeral)
 
     def build(self, key: Key, *, kind: str = "built") -> TreeBuilder:
         """A context manager giving an empty directory to fill; on a normal
