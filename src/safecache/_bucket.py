@@ -179,18 +179,7 @@ class Bucket:
 
     def _read_large(self, fd: int, block: bytes, digest: bytes) -> tuple[_format.Header, bytes]:
         header = _format.parse_header(block, digest)
-        size = _osops.current.fstat(fd).st_size
-        if size != HEADER_SIZE + header.length:
-            raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
-        # The size is the real file's, so this allocation is bounded by what
-        # is on disk, never by the length field alone.
-        rest = _fs.read_exact(fd, size - len(block))
-        payload = block[HEADER_SIZE:] + rest
-        if len(payload) != header.length:
-            raise Invalid("truncated", "file shrank while being read")
-        if _format.crc32(payload) != header.payload_crc:
-            raise Invalid("bad-checksum")
-        return header, payload
+        return header, read_large(fd, block, header, keep=True) or b""
 
     def _mark_used(self, fd: int, path: str) -> None:
         """Refresh the mtime (the LRU clock) if it is over an hour old."""
@@ -279,21 +268,7 @@ class Bucket:
                 self.counters.bytes_read += len(payload)
                 return io.BytesIO(payload)
             header = _format.parse_header(block, raw)
-            size = ops.fstat(fd).st_size
-            if size != HEADER_SIZE + header.length:
-                raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
-            crc = _format.crc32(block[HEADER_SIZE:])
-            seen = len(block) - HEADER_SIZE
-            while True:
-                chunk = ops.read(fd, _CHUNK)
-                if not chunk:
-                    break
-                crc = _format.crc32(chunk, crc)
-                seen += len(chunk)
-            if seen != header.length:
-                raise Invalid("truncated", "file shrank while being read")
-            if crc != header.payload_crc:
-                raise Invalid("bad-checksum")
+            read_large(fd, block, header, keep=False)
             if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
                 self._mark_used(fd, path)
             ops.lseek(fd, HEADER_SIZE, os.SEEK_SET)
@@ -528,6 +503,39 @@ class Bucket:
             return value
         finally:
             lock.release()
+
+
+def read_large(
+    fd: int, block: bytes, header: _format.Header, *, keep: bool, size: int | None = None
+) -> bytes | None:
+    """Validate the rest of a large entry whose header is already parsed:
+    the file's real size (``size``, else its fstat) against the length field,
+    then the payload CRC, reading from ``fd``'s position in 1 MiB chunks.
+    Returns the payload when ``keep`` (memory is bounded by what is on disk,
+    never by the length field alone: ruff #8147), else None.  Raises
+    :class:`Invalid`."""
+    ops = _osops.current
+    if size is None:
+        size = ops.fstat(fd).st_size
+    if size != HEADER_SIZE + header.length:
+        raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
+    first = block[HEADER_SIZE:]
+    parts = [first] if keep else []
+    crc = _format.crc32(first)
+    seen = len(first)
+    while True:
+        chunk = ops.read(fd, _CHUNK)
+        if not chunk:
+            break
+        crc = _format.crc32(chunk, crc)
+        seen += len(chunk)
+        if keep:
+            parts.append(chunk)
+    if seen != header.length:
+        raise Invalid("truncated", "file changed size while being read")
+    if crc != header.payload_crc:
+        raise Invalid("bad-checksum")
+    return b"".join(parts) if keep else None
 
 
 def _kind(kind: str) -> int:

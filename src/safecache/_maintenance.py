@@ -42,8 +42,9 @@ import stat as _stat
 import time
 
 from . import _format, _fs, _locks, _osops, _policy, _stats
+from ._bucket import read_large
 from ._errors import CacheReadOnlyError, LockTimeoutError
-from ._format import HEADER_SIZE, Invalid
+from ._format import Invalid
 from ._location import DISABLED, READY
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: Cache.close() imports this module
@@ -80,7 +81,6 @@ OVER_LIMIT_SPACING = 60.0
 _REMOVE_BUDGET = 0.1
 #: The LRU histogram keeps at most this many time slots (see _Histogram).
 _HIST_SLOTS = 1 << 16
-_CHUNK = 1 << 20
 _BLOCK = 1 << 16
 
 _now = time.time  # the clock (tests may replace it)
@@ -418,24 +418,7 @@ def _load(
             ):
                 raise Invalid("bad-header", "header checksum mismatch (damaged version field)") from None
             raise
-        if st.st_size != HEADER_SIZE + header.length:
-            raise Invalid("wrong-length", f"header says {header.length}, file holds {st.st_size - HEADER_SIZE}")
-        parts = [block[HEADER_SIZE:]] if payload else []
-        crc = _format.crc32(block[HEADER_SIZE:])
-        seen = len(block) - HEADER_SIZE
-        while True:
-            chunk = ops.read(fd, _CHUNK)
-            if not chunk:
-                break
-            crc = _format.crc32(chunk, crc)
-            seen += len(chunk)
-            if payload:
-                parts.append(chunk)
-        if seen != header.length:
-            raise Invalid("truncated", "file changed size while being read")
-        if crc != header.payload_crc:
-            raise Invalid("bad-checksum")
-        return header, b"".join(parts) if payload else None, st
+        return header, read_large(fd, block, header, keep=payload, size=st.st_size), st
     finally:
         ops.close(fd)
 

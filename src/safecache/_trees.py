@@ -32,8 +32,8 @@ import stat as _stat
 import time
 
 from . import _fs, _keys, _link, _locks, _osops, _policy
-from ._format import HEADER_SIZE, Invalid, pack_header
-from ._bucket import MTIME_INTERVAL_NS
+from ._format import Invalid, pack_header
+from ._bucket import MTIME_INTERVAL_NS, read_large
 from ._location import READY
 
 TYPE_CHECKING = False
@@ -495,12 +495,7 @@ class Trees:
                 header, payload = decode_small(block, raw)
             else:
                 header = parse_header(block, raw)
-                rest = _fs.read_exact(fd, header.length + HEADER_SIZE - len(block))
-                payload = block[HEADER_SIZE:] + rest
-                from ._format import crc32
-
-                if len(payload) != header.length or crc32(payload) != header.payload_crc:
-                    raise Invalid("bad-checksum")
+                payload = read_large(fd, block, header, keep=True) or b""
             manifest = Manifest.from_bytes(payload)
             if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
                 self.bucket._mark_used(fd, pointer)  # a tree's use time is its pointer's mtime
