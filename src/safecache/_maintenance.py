@@ -36,6 +36,7 @@ process trims at a time and the others do not wait.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as _stat
@@ -49,7 +50,7 @@ from ._location import DISABLED, READY
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: Cache.close() imports this module
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from ._cache import Cache
     from ._trees import Manifest
@@ -1221,6 +1222,25 @@ def _trim_lock(cache: Cache, root: str, timeout: float, report: Report) -> _lock
         return None
 
 
+@contextlib.contextmanager
+def _holding_trim_lock(
+    cache: Cache, root: str, timeout: float, report: Report, *, force: bool = False
+) -> Iterator[bool]:
+    """Hold the trim lock for the ``with`` block; yields False (the report
+    says why) when the operation must be skipped.  With ``force`` it goes
+    on without the lock rather than skip."""
+    lock = _trim_lock(cache, root, timeout, report)
+    if lock is None and not force:
+        yield False
+        return
+    report.skipped_reason = ""
+    try:
+        yield True
+    finally:
+        if isinstance(lock, _locks.FileLock):
+            lock.release()
+
+
 def trim(
     cache: Cache,
     *,
@@ -1246,10 +1266,9 @@ def trim(
     root = _writable(cache, "trim", report)
     if root is None:
         return report
-    lock = _trim_lock(cache, root, cache.lock_timeout if wait else 0.0, report)
-    if lock is None:
-        return report
-    try:
+    with _holding_trim_lock(cache, root, cache.lock_timeout if wait else 0.0, report) as go:
+        if not go:
+            return report
         cache.flush()  # this process's deltas into the shards, which the rebase resets
         run = _Run(cache, "trim", report, progress)
         dirs = _bucket_dirs(run)
@@ -1260,9 +1279,6 @@ def trim(
         ).trim(dirs)
         _rebase(run, dirs, full=True)
         _write_stamp(run)
-    finally:
-        if isinstance(lock, _locks.FileLock):
-            lock.release()
     cache.flush()  # errors counted during the trim
     return report
 
@@ -1353,11 +1369,9 @@ def prune(
     if root is None:
         return report
     deadline = time.monotonic() + max(0.0, timeout)
-    lock = _trim_lock(cache, root, 0.0 if force else max(0.0, timeout), report)
-    if lock is None and not force:
-        return report
-    report.skipped_reason = ""
-    try:
+    with _holding_trim_lock(cache, root, 0.0 if force else max(0.0, timeout), report, force=force) as go:
+        if not go:
+            return report
         cache.flush()
         run = _Run(cache, "prune", report, progress)
         # Old versions are judged against every version on disk, whatever
@@ -1374,9 +1388,6 @@ def prune(
         _rebase(run, keep, full=buckets is None, drop=[b.label for b in old])
         if buckets is None:
             _write_stamp(run)
-    finally:
-        if isinstance(lock, _locks.FileLock):
-            lock.release()
     cache.flush()
     return report
 
@@ -1409,15 +1420,10 @@ def clean(
         return report
     deadline = time.monotonic() + max(0.0, timeout)
     # A trimmer walking meanwhile would record the sizes of what is removed.
-    lock = _trim_lock(cache, root, 0.0 if force else max(0.0, timeout), report)
-    if lock is None and not force:
-        return report
-    report.skipped_reason = ""
-    try:
+    with _holding_trim_lock(cache, root, 0.0 if force else max(0.0, timeout), report, force=force) as go:
+        if not go:
+            return report
         _clean(cache, root, report, buckets, deadline, force, progress)
-    finally:
-        if isinstance(lock, _locks.FileLock):
-            lock.release()
     cache.flush()
     return report
 
