@@ -14,6 +14,9 @@ See ``Cache`` for the concurrency contract and the error policy.
 
 from __future__ import annotations
 
+_TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+
+from . import _bucket, _cache
 from ._bucket import Bucket
 from ._cache import Cache
 from ._errors import (
@@ -28,7 +31,53 @@ from ._errors import (
     LockUnsupportedError,
 )
 
-__version__ = "0.1.0"
+if _TYPE_CHECKING:
+    from ._trees import PlaceReport, Tree, Trees
+
+    __version__: str
+
+# Names resolved on first use, so that ``import safecache`` does not pay for
+# trees (most tools never use them) or for reading package metadata.
+_LAZY = {"PlaceReport": "_trees", "Tree": "_trees", "Trees": "_trees"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("safecache")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            value = "0+unknown"
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+# The two places where a lower layer calls up.  Buckets and the cache do not
+# import trees or maintenance (layers point down: docs/architecture.md); the
+# package wires them here, importing each on first use so that
+# ``import safecache`` stays cheap.
+def _make_trees(bucket: Bucket) -> Trees:
+    from ._trees import Trees
+
+    return Trees(bucket)
+
+
+def _auto_trim(cache: Cache) -> object:
+    from ._maintenance import maybe_trim
+
+    return maybe_trim(cache)
+
+
+_bucket._make_trees = _make_trees
+_cache._auto_trim = _auto_trim
 
 __all__ = [
     "Bucket",
@@ -42,5 +91,8 @@ __all__ = [
     "CacheWarning",
     "LockTimeoutError",
     "LockUnsupportedError",
+    "PlaceReport",
+    "Tree",
+    "Trees",
     "__version__",
 ]

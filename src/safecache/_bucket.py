@@ -7,7 +7,7 @@ import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _format, _fs, _keys, _locks, _osops, _policy, _stats
+from . import _format, _fs, _keys, _layout, _locks, _osops, _policy, _stats
 from ._errors import CacheReadOnlyError, LockTimeoutError
 from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
@@ -29,15 +29,26 @@ _MAGIC, _VERSION, _KINDS = _format.MAGIC, _format.VERSION, _format.KIND_NAMES
 _SMALL_PUT = 1 << 20
 _READ_FLAGS = _osops.READ_FLAGS
 _time_ns = time.time_ns
+_entry_path = _layout.entry_path
 
 #: Use is recorded by refreshing an entry's mtime at most this often (Go).
 MTIME_INTERVAL_NS = 3600 * 10**9
 #: Entries up to this size are read in one system call.
-_BLOCK = 1 << 16
+_BLOCK = _format.BLOCK
 #: Streaming chunk size.
-_CHUNK = 1 << 20
+_CHUNK = _format.CHUNK
 #: Corrupt entries are removed best-effort: do not spend the retry budget.
 _CLEANUP_BUDGET = 0.05
+
+
+def _no_trees(bucket: Bucket) -> Trees:
+    raise RuntimeError("safecache: trees are not wired (import safecache, not its private modules alone)")
+
+
+#: Makes a bucket's ``Trees``.  Trees sit a layer above buckets, so this
+#: layer does not import them: ``safecache/__init__`` installs a factory
+#: that imports ``_trees`` on first use (most tools never need it).
+_make_trees: Callable[[Bucket], Trees] = _no_trees
 
 
 class Bucket:
@@ -53,11 +64,11 @@ class Bucket:
         self.name = name
         self.version = version
         self.counters = _stats.Counters()
-        self._label = f"{name}/v{version}"
+        self._label = _layout.label(name, version)
         self._trees: Trees | None = None
         if cache.path is not None:
-            self.directory: str | None = os.path.join(cache.path, "buckets", name, f"v{version}")
-            self._locks_dir: str | None = os.path.join(cache.path, "locks", name, f"v{version}")
+            self.directory: str | None = _layout.bucket_dir(cache.path, name, version)
+            self._locks_dir: str | None = _layout.bucket_locks_dir(cache.path, name, version)
         else:
             self.directory = self._locks_dir = None
 
@@ -70,9 +81,7 @@ class Bucket:
         and placed by clone, hard link, symlink or copy (see :class:`Trees`)."""
         trees = self._trees
         if trees is None:
-            from ._trees import Trees  # imported on first use: most tools never need it
-
-            trees = self._trees = Trees(self)
+            trees = self._trees = _make_trees(self)
         return trees
 
     # -- paths -------------------------------------------------------------------
@@ -85,12 +94,11 @@ class Bucket:
     def _locate(self, key: Key) -> tuple[str, str]:
         """(digest, entry path) of ``key``; the bucket must have a directory."""
         digest = _keys.key_digest(key)
-        return digest, f"{self.directory}{os.sep}{digest[:2]}{os.sep}{digest}"
+        assert self.directory is not None
+        return digest, _layout.entry_path(self.directory, digest)
 
     def _debug(self, op: str, key: Key, digest: str, outcome: str) -> None:
-        from ._cache import _stderr
-
-        _stderr(f"safecache: {self._label} {op} {outcome}: key={_keys.describe_key(key)} digest={digest}")
+        _policy.stderr(f"safecache: {self._label} {op} {outcome}: key={_keys.describe_key(key)} digest={digest}")
 
     # -- reading -----------------------------------------------------------------
     def get(self, key: Key) -> bytes | None:
@@ -105,7 +113,7 @@ class Bucket:
         if directory is None or cache.state is DISABLED:
             return None
         digest = _keys.key_digest(key)
-        path = f"{directory}{os.sep}{digest[:2]}{os.sep}{digest}"
+        path = _entry_path(directory, digest)
         counters = self.counters
         fd = -1
         fast = _osops.current is _osops.fast_path
@@ -136,7 +144,9 @@ class Bucket:
             raw = bytes.fromhex(digest)
             size = len(block)
             if size < _BLOCK:
-                # _format.decode_fast, inlined: this is every hit's cost.
+                # _format.read_entry, inlined for whole small entries: this is
+                # every hit's cost.  test_format proves the two agree on every
+                # input (Hypothesis).
                 if size >= HEADER_SIZE:
                     magic, version, kind, _flags, length, written_ns, got, payload_crc, head_crc = _unpack_header(block)
                     if (
@@ -155,8 +165,8 @@ class Bucket:
                 else:
                     payload, written_ns = _format.decode_fast(block, raw)
             else:
-                header, payload = self._read_large(fd, block, raw)
-                written_ns = header.written_ns
+                header, large = _format.read_entry(fd, block, raw)
+                payload, written_ns = large or b"", header.written_ns
             if _time_ns() - written_ns > MTIME_INTERVAL_NS:
                 self._mark_used(fd, path)
         except Invalid as invalid:
@@ -177,10 +187,6 @@ class Bucket:
             self._debug("get", key, digest, "hit")
         return payload
 
-    def _read_large(self, fd: int, block: bytes, digest: bytes) -> tuple[_format.Header, bytes]:
-        header = _format.parse_header(block, digest)
-        return header, read_large(fd, block, header, keep=True) or b""
-
     def _mark_used(self, fd: int, path: str) -> None:
         """Refresh the mtime (the LRU clock) if it is over an hour old."""
         try:
@@ -200,15 +206,14 @@ class Bucket:
         self.counters.corrupt_removed += 1
         if self.cache.state is not READY:
             return
-        ops = _osops.current
         try:
-            if fd >= 0:
-                mine = ops.fstat(fd)
-                theirs = ops.lstat(path)
-                if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
-                    return
             size = _stats.entry_size(path)
-            if _fs.remove(path, budget=_CLEANUP_BUDGET):
+            removed = (
+                _fs.remove_if_same(path, _osops.current.fstat(fd), budget=_CLEANUP_BUDGET)
+                if fd >= 0
+                else _fs.remove(path, budget=_CLEANUP_BUDGET)
+            )
+            if removed:
                 self.counters.size -= size
                 self.counters.entries -= 1
         except OSError:
@@ -261,14 +266,12 @@ class Bucket:
                 self.counters.misses += 1
                 return None
             fd, block = opened
-            raw = bytes.fromhex(digest)
-            if len(block) < _BLOCK:
-                header, payload = _format.decode_small(block, raw)
+            small = len(block) < _BLOCK
+            header, payload = _format.read_entry(fd, block, bytes.fromhex(digest), keep=small)
+            if payload is not None:
                 self.counters.hits += 1
                 self.counters.bytes_read += len(payload)
                 return io.BytesIO(payload)
-            header = _format.parse_header(block, raw)
-            read_large(fd, block, header, keep=False)
             if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
                 self._mark_used(fd, path)
             ops.lseek(fd, HEADER_SIZE, os.SEEK_SET)
@@ -312,13 +315,13 @@ class Bucket:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}; use put_stream() for files")
-        kind_code = _kind(kind)
+        kind_code = _format.kind_code(kind)
         if self.directory is None or not self._writable("put"):
             return False
         cache = self.cache
         digest = _keys.key_digest(key)
         raw = bytes.fromhex(digest)
-        path = f"{self.directory}{os.sep}{digest[:2]}{os.sep}{digest}"
+        path = _entry_path(self.directory, digest)
         length = len(data) if not isinstance(data, memoryview) else data.nbytes
         crc = _format.crc32(data)
         try:
@@ -358,7 +361,7 @@ class Bucket:
         """
         if isinstance(source, (bytes, bytearray, memoryview)):
             return self.put(key, source, kind=kind)
-        kind_code = _kind(kind)
+        kind_code = _format.kind_code(kind)
         if self.directory is None or not self._writable("put"):
             return False
         cache = self.cache
@@ -466,7 +469,7 @@ class Bucket:
         ``LockUnsupportedError`` instead.  Raises ``TypeError`` if the factory
         returns something other than bytes.
         """
-        _kind(kind)
+        _format.kind_code(kind)
         value = self.get(key)
         if value is not None:
             return value
@@ -484,7 +487,7 @@ class Bucket:
         digest = _keys.key_digest(key)
         assert self._locks_dir is not None
         lock = _locks.FileLock(
-            os.path.join(self._locks_dir, digest[:2], digest + ".lock"),
+            _layout.entry_lock(self._locks_dir, digest),
             timeout=cache.lock_timeout if timeout is None else timeout,
         )
         try:
@@ -503,46 +506,6 @@ class Bucket:
             return value
         finally:
             lock.release()
-
-
-def read_large(
-    fd: int, block: bytes, header: _format.Header, *, keep: bool, size: int | None = None
-) -> bytes | None:
-    """Validate the rest of a large entry whose header is already parsed:
-    the file's real size (``size``, else its fstat) against the length field,
-    then the payload CRC, reading from ``fd``'s position in 1 MiB chunks.
-    Returns the payload when ``keep`` (memory is bounded by what is on disk,
-    never by the length field alone: ruff #8147), else None.  Raises
-    :class:`Invalid`."""
-    ops = _osops.current
-    if size is None:
-        size = ops.fstat(fd).st_size
-    if size != HEADER_SIZE + header.length:
-        raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
-    first = block[HEADER_SIZE:]
-    parts = [first] if keep else []
-    crc = _format.crc32(first)
-    seen = len(first)
-    while True:
-        chunk = ops.read(fd, _CHUNK)
-        if not chunk:
-            break
-        crc = _format.crc32(chunk, crc)
-        seen += len(chunk)
-        if keep:
-            parts.append(chunk)
-    if seen != header.length:
-        raise Invalid("truncated", "file changed size while being read")
-    if crc != header.payload_crc:
-        raise Invalid("bad-checksum")
-    return b"".join(parts) if keep else None
-
-
-def _kind(kind: str) -> int:
-    try:
-        return _format.KINDS[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"kind must be 'built' or 'fetched', not {kind!r}") from None
 
 
 def _checked(value: object) -> bytes:

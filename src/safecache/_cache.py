@@ -8,34 +8,17 @@ import os
 import sys
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _errors, _fs, _location, _policy
+from . import _bucket, _errors, _fs, _layout, _location, _policy, _stats
 from ._location import DISABLED, READ_ONLY, READY, Location
 
 if TYPE_CHECKING:
     import weakref
+    from typing import Callable
 
     from ._bucket import Bucket
 
-_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-_NAME_CHARS = _NAME_START | frozenset("._-")
-# Names Windows reserves in every directory, with or without an extension.
-_WINDOWS_RESERVED = frozenset(
-    ["con", "prn", "aux", "nul"] + [f"{p}{i}" for p in ("com", "lpt") for i in range(10)]
-)
-
-
-def valid_bucket_name(name: str) -> bool:
-    """1-64 characters of a-z 0-9 . _ -, starting with a letter or digit, not
-    a Windows reserved device name (with or without an extension)."""
-    return (
-        0 < len(name) <= 64
-        and name[0] in _NAME_START
-        and all(c in _NAME_CHARS for c in name)
-        and name.split(".", 1)[0] not in _WINDOWS_RESERVED
-    )
-
-BUCKETS_DIR = "buckets"
-LOCKS_DIR = "locks"
+# Kept here for callers of 0.1 that imported it from this module.
+valid_bucket_name = _layout.valid_bucket_name
 
 #: Default size limit: 5 GiB, ccache's default.  A cache over it is trimmed,
 #: least recently used first, down to 90 % of it (ccache trims to 90 % too,
@@ -197,9 +180,7 @@ class Cache:
         with self._lock:
             bucket = self._buckets.get((name, version))
             if bucket is None:
-                from ._bucket import Bucket
-
-                bucket = Bucket(self, name, version)
+                bucket = _bucket.Bucket(self, name, version)
                 self._buckets[(name, version)] = bucket
             return bucket
 
@@ -218,7 +199,7 @@ class Cache:
         keyed ``"name/vN"``."""
         with self._lock:
             buckets = list(self._buckets.values())
-        return {f"{b.name}/v{b.version}": b.counters.as_dict() for b in buckets}
+        return {_layout.label(b.name, b.version): b.counters.as_dict() for b in buckets}
 
     def flush(self) -> None:
         """Add this process's counters into the cache's shared counters
@@ -236,12 +217,10 @@ class Cache:
         for b in buckets:
             data = b.counters.take()
             if data is not None:
-                deltas[f"{b.name}/v{b.version}"] = data
+                deltas[_layout.label(b.name, b.version)] = data
                 taken.append((b, data))
         if not deltas:
             return
-        from . import _stats
-
         try:
             _stats.flush(self.path, deltas)
         except OSError as exc:
@@ -257,10 +236,8 @@ class Cache:
             self.flush()
             _open_caches.discard(self)
             if self.auto_trim and self.state == READY and self._root_ready:
-                from ._maintenance import maybe_trim  # only processes that wrote get here
-
                 try:
-                    maybe_trim(self)
+                    _auto_trim(self)  # only processes that wrote get here
                 except OSError as exc:  # nobody asked for this trim: never raise from close()
                     _policy.logger().info("safecache: automatic trim of %s failed: %s", self.path, exc)
 
@@ -333,6 +310,15 @@ class Cache:
         return cause
 
 
+def _no_trim(cache: Cache) -> object:
+    return None
+
+
+#: Trims a cache on close when it is due.  Maintenance sits a layer above the
+#: cache, so this layer does not import it: ``safecache/__init__`` installs
+#: a function that imports it on first use (only processes that wrote).
+_auto_trim: Callable[[Cache], object] = _no_trim
+
 _open_caches: weakref.WeakSet[Cache]
 _exit_hook_installed = False
 
@@ -357,10 +343,3 @@ def _flush_all() -> None:
             cache.close()
         except Exception:  # noqa: BLE001 - at exit, a cache must never break the caller
             pass
-
-
-def _stderr(message: str) -> None:
-    try:
-        sys.stderr.write(message + "\n")
-    except Exception:  # noqa: BLE001 - a debug print must never break the caller
-        pass

@@ -593,7 +593,7 @@ def _cmd_prune(ctx: _Context) -> int:
 
 def _nothing_stored(cache: Cache) -> bool:
     """A writable cache whose buckets directory does not exist (yet)."""
-    from ._cache import BUCKETS_DIR
+    from ._layout import BUCKETS as BUCKETS_DIR
     from ._location import READY
 
     assert cache.path is not None

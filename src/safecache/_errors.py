@@ -25,6 +25,8 @@ They survive pickling, so they cross process boundaries intact.
 
 from __future__ import annotations
 
+from ._errcodes import describe
+
 
 class CacheWarning(UserWarning):
     """A cache operation degraded to a miss or a no-op.
@@ -74,7 +76,7 @@ class CacheError(OSError):
         if self.filename is not None and str(self.filename) not in text:
             text = f"{text}: {self.filename!r}"
         if self.original is not None:
-            text = f"{text} ({_describe(self.original)})"
+            text = f"{text} ({describe(self.original)})"
         return text
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -92,12 +94,6 @@ def _rebuild(cls: type[CacheError], message: str, kwargs: dict[str, object]) -> 
     return cls(message, **kwargs)  # type: ignore[arg-type]
 
 
-def _describe(exc: BaseException) -> str:
-    winerror = getattr(exc, "winerror", None)
-    name = type(exc).__name__
-    if winerror:
-        return f"{name}: [WinError {winerror}] {getattr(exc, 'strerror', '') or exc}"
-    return f"{name}: {exc}"
 
 
 class CachePermissionError(CacheError, PermissionError):

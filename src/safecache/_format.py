@@ -25,9 +25,15 @@ from __future__ import annotations
 import struct
 import zlib
 
+from . import _osops
+
 MAGIC = b"\x89SCE"
 VERSION = 1
 HEADER_SIZE = 48
+#: Readers read this much first: an entry shorter than this is whole in one read.
+BLOCK = 1 << 16
+#: Larger entries are checked (and streamed) in chunks of this size.
+CHUNK = 1 << 20
 KIND_BUILT = 1
 KIND_FETCHED = 2
 KINDS = {"built": KIND_BUILT, "fetched": KIND_FETCHED}
@@ -116,7 +122,7 @@ def decode_fast(block: bytes, digest: bytes) -> tuple[bytes, int]:
     return payload, header.written_ns  # pragma: no cover - decode_small raised
 
 
-def decode_small(block: bytes, digest: bytes) -> tuple[Header, bytes]:
+def decode_small(block: bytes, digest: bytes | None) -> tuple[Header, bytes]:
     """Validate a whole entry held in ``block``; return its header and payload."""
     header = parse_header(block, digest)
     if len(block) - HEADER_SIZE != header.length:
@@ -125,3 +131,54 @@ def decode_small(block: bytes, digest: bytes) -> tuple[Header, bytes]:
     if crc32(payload) != header.payload_crc:
         raise Invalid("bad-checksum")
     return header, payload
+
+
+def kind_code(kind: str) -> int:
+    """``"built"``/``"fetched"`` -> the kind byte; ValueError for anything else."""
+    try:
+        return KINDS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"kind must be 'built' or 'fetched', not {kind!r}") from None
+
+
+def read_entry(
+    fd: int, block: bytes, digest: bytes | None, *, keep: bool = True, size: int | None = None
+) -> tuple[Header, bytes | None]:
+    """Validate the entry open at ``fd``, whose first read (of :data:`BLOCK`
+    bytes) returned ``block``: the one reader every caller uses (get, open,
+    trees, verify).
+
+    Checks the header, the key digest (``digest``; None accepts any), the
+    file's real size against the length field (``size``, else ``fstat``;
+    never trusted to size an allocation: ruff #8147) and the payload CRC,
+    reading the rest from ``fd``'s position in :data:`CHUNK` pieces.  Returns
+    ``(header, payload)``, or ``(header, None)`` when not ``keep`` (verify
+    only: memory stays bounded whatever the size).  Raises :class:`Invalid`
+    or ``OSError``.
+    """
+    if len(block) < BLOCK:  # a short first read is the whole file
+        header, payload = decode_small(block, digest)
+        return header, payload if keep else None
+    header = parse_header(block, digest)
+    ops = _osops.current
+    if size is None:
+        size = ops.fstat(fd).st_size
+    if size != HEADER_SIZE + header.length:
+        raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
+    first = block[HEADER_SIZE:]
+    parts = [first] if keep else []
+    crc = crc32(first)
+    seen = len(first)
+    while True:
+        chunk = ops.read(fd, CHUNK)
+        if not chunk:
+            break
+        crc = crc32(chunk, crc)
+        seen += len(chunk)
+        if keep:
+            parts.append(chunk)
+    if seen != header.length:
+        raise Invalid("truncated", "file changed size while being read")
+    if crc != header.payload_crc:
+        raise Invalid("bad-checksum")
+    return header, b"".join(parts) if keep else None

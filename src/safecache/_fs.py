@@ -24,8 +24,8 @@ import stat as _stat
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _osops
-from ._policy import is_transient
+from . import _errcodes, _osops
+from ._errcodes import is_transient
 
 if TYPE_CHECKING:
     from typing import Callable, Iterable, TypeVar
@@ -258,7 +258,7 @@ def replace_file(src: str, dst: str, *, budget: float = DEFAULT_RETRY_BUDGET) ->
         ops.replace(src, dst)
         return
     except OSError as exc:
-        if getattr(exc, "winerror", None) == 5:
+        if _errcodes.winerror(exc) == _errcodes.ERROR_ACCESS_DENIED:
             _clear_read_only(dst)
         elif not is_transient(exc, "replace"):
             raise
@@ -282,7 +282,7 @@ def publish_noreplace(tmp: str, path: str, *, budget: float = DEFAULT_RETRY_BUDG
     except FileExistsError:
         return False
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS) and not getattr(exc, "winerror", None):
+        if exc.errno not in _errcodes.LINK_UNSUPPORTED_ERRNOS and not _errcodes.winerror(exc):
             raise
     if os.name != "nt" and exists(path):
         return False
@@ -354,7 +354,7 @@ def remove(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if getattr(exc, "winerror", None) == 5:
+        if _errcodes.winerror(exc) == _errcodes.ERROR_ACCESS_DENIED:
             _clear_read_only(path)
         elif not is_transient(exc, "unlink"):
             raise
@@ -363,6 +363,26 @@ def remove(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def same_file(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` is still the file ``st`` was taken of (same device
+    and inode; on Windows the file index CPython puts in ``st_ino``)."""
+    try:
+        now = _osops.current.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def remove_if_same(path: str, st: os.stat_result, *, budget: float = DEFAULT_RETRY_BUDGET) -> bool:
+    """Delete ``path`` only if it is still the file ``st`` describes: a
+    reader that judged an entry corrupt must not remove the good one another
+    process has since put in its place.  True if removed.  The window between
+    the check and the unlink is not closed (POSIX has no unlink-if-inode);
+    losing it costs a good entry a miss, never a wrong byte.  Raises OSError
+    as :func:`remove`."""
+    return same_file(path, st) and remove(path, budget=budget)
 
 
 def _clear_read_only(path: str) -> None:

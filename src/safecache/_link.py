@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import _osops, _policy
+from . import _errcodes, _osops, _policy
 
 MODES = ("auto", "clone", "hardlink", "symlink", "copy")
 ENV_VAR = "SAFECACHE_LINK_MODE"
@@ -47,12 +47,16 @@ _UNSUPPORTED_BY_MODE = {
     "hardlink": _UNSUPPORTED | _codes("EPERM", "EACCES"),
     "symlink": _UNSUPPORTED | _codes("EPERM", "EACCES"),
 }
-# Windows: 1 ERROR_INVALID_FUNCTION (no hard links on FAT), 17
-# ERROR_NOT_SAME_DEVICE, 50 ERROR_NOT_SUPPORTED, 1314 ERROR_PRIVILEGE_NOT_HELD.
-_UNSUPPORTED_WINERRORS = frozenset({1, 17, 50, 1314})
+# Windows: no hard links on FAT, across volumes, no symlink privilege.
+_UNSUPPORTED_WINERRORS = frozenset({
+    _errcodes.ERROR_INVALID_FUNCTION,
+    _errcodes.ERROR_NOT_SAME_DEVICE,
+    _errcodes.ERROR_NOT_SUPPORTED,
+    _errcodes.ERROR_PRIVILEGE_NOT_HELD,
+})
 # A sharing or lock violation is another process holding the file, not a
 # missing capability (its errno is EACCES all the same).
-_BUSY_WINERRORS = frozenset({32, 33})
+_BUSY_WINERRORS = _errcodes.TRANSIENT_WINERRORS
 # A clone that worked before may still fail for one file: ZFS reports EAGAIN
 # (uv #19674), a file being written or executed EBUSY or ETXTBSY.
 _CLONE_ONE_FILE = _codes("EAGAIN", "EWOULDBLOCK", "EBUSY", "ETXTBSY")

@@ -13,7 +13,7 @@ import errno
 import os
 import stat as _stat
 import sys
-from . import _fs, _osops
+from . import _fs, _layout, _osops
 
 READY = "ready"  # reads and writes
 READ_ONLY = "read-only"  # hits are served, writes are no-ops
@@ -228,9 +228,9 @@ def write_markers(root: str, owner: str | None = None) -> None:
     _fs.makedirs(root)
     owner_text = f" for {owner}" if owner else ""
     for name, text in (
-        ("CACHEDIR.TAG", CACHEDIR_TAG),
-        (".gitignore", "# Created by safecache: this directory is a cache.\n*\n"),
-        ("README", README.format(owner=owner_text)),
+        (_layout.CACHEDIR_TAG, CACHEDIR_TAG),
+        (_layout.GITIGNORE, "# Created by safecache: this directory is a cache.\n*\n"),
+        (_layout.README, README.format(owner=owner_text)),
     ):
         target = os.path.join(root, name)
         if _fs.exists(target):
@@ -239,7 +239,7 @@ def write_markers(root: str, owner: str | None = None) -> None:
 
 
 def markers_present(root: str) -> bool:
-    return _fs.exists(os.path.join(root, "CACHEDIR.TAG"))
+    return _fs.exists(os.path.join(root, _layout.CACHEDIR_TAG))
 
 
 def is_permission_problem(exc: OSError) -> bool:

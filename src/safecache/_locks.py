@@ -19,7 +19,7 @@ import errno
 import os
 import time
 
-from . import _errors, _fs, _osops
+from . import _errcodes, _errors, _fs, _osops
 
 
 class FileLock:
@@ -64,7 +64,7 @@ class FileLock:
                 except OSError as exc:
                     # Windows reports a held lock as error 33 (lock violation);
                     # EACCES/EAGAIN are what fcntl-based systems use.
-                    if getattr(exc, "winerror", None) != 33 and exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    if _errcodes.winerror(exc) != _errcodes.ERROR_LOCK_VIOLATION and exc.errno not in _errcodes.LOCK_HELD_ERRNOS:
                         raise
                 now = time.monotonic()
                 if now >= deadline:

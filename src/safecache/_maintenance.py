@@ -42,8 +42,7 @@ import os
 import stat as _stat
 import time
 
-from . import _format, _fs, _locks, _osops, _policy, _stats
-from ._bucket import read_large
+from . import _format, _fs, _layout, _locks, _osops, _policy, _stats
 from ._errors import CacheReadOnlyError, LockTimeoutError
 from ._format import Invalid
 from ._location import DISABLED, READY
@@ -158,7 +157,7 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 def _parse_label(spec: str) -> tuple[str, int | None]:
     """``"lint"`` -> ("lint", None); ``"lint/v3"`` -> ("lint", 3).  ValueError
     for anything else (a programming error, raised in both modes)."""
-    from ._cache import valid_bucket_name
+    from ._layout import valid_bucket_name
 
     name, _, version = spec.partition("/")
     if not valid_bucket_name(name):
@@ -176,7 +175,7 @@ class _Dir:
     """One bucket version directory and what a walk learned about it."""
 
     def __init__(self, root: str, name: str, version_dir: str) -> None:
-        from ._cache import BUCKETS_DIR, LOCKS_DIR
+        from ._layout import BUCKETS as BUCKETS_DIR, LOCKS as LOCKS_DIR
 
         self.name = name
         self.vdir = version_dir
@@ -330,7 +329,7 @@ class _Run:
 def _bucket_dirs(run: _Run, select: Iterable[str] | None = None) -> list[_Dir]:
     """Bucket version directories on disk (valid names, ``v<N>``), sorted;
     only those ``select`` names (``name`` or ``name/vN``) when given."""
-    from ._cache import BUCKETS_DIR, valid_bucket_name
+    from ._layout import BUCKETS as BUCKETS_DIR, valid_bucket_name
 
     wanted: dict[str, set[int] | None] | None = None
     if select is not None:
@@ -407,10 +406,7 @@ def _load(
             opened_as.append(st)
         raw = bytes.fromhex(digest)
         try:
-            if len(block) < _BLOCK:
-                header, data = _format.decode_small(block, raw)
-                return header, data if payload else None, st
-            header = _format.parse_header(block, raw)
+            header, data = _format.read_entry(fd, block, raw, keep=payload, size=st.st_size)
         except Invalid as invalid:
             if (
                 exact_version
@@ -419,7 +415,7 @@ def _load(
             ):
                 raise Invalid("bad-header", "header checksum mismatch (damaged version field)") from None
             raise
-        return header, read_large(fd, block, header, keep=payload, size=st.st_size), st
+        return header, data, st
     finally:
         ops.close(fd)
 
@@ -860,7 +856,7 @@ class _Trimmer:
     def root_leftovers(self) -> None:
         """Temp files of markers and counters, and abandoned trash."""
         run = self.run
-        for directory in (run.root, _stats.stats_dir(run.root)):
+        for directory in (run.root, _layout.stats_dir(run.root)):
             for entry in run.listdir(directory):
                 if entry.name.endswith(_fs.TEMP_SUFFIX):
                     self.leftover_file(entry, None)
@@ -1082,7 +1078,7 @@ def _edit_counts(
     walked keep their counts, which a partial walk needs."""
     sizes = sizes or {}
     dropped = set(drop)
-    directory = _stats.stats_dir(root)
+    directory = _layout.stats_dir(root)
     if not _present(directory) and not sizes:
         return
     locks = [_locks.FileLock(os.path.join(directory, f"{n:x}.lock"), timeout=timeout) for n in range(_stats.SHARDS)]
@@ -1109,7 +1105,7 @@ def _edit_counts(
                     changed = True
             if changed:
                 _stats._write_doc(path, doc)
-        baseline_path = os.path.join(directory, _stats.BASELINE)
+        baseline_path = os.path.join(directory, _layout.STATS_BASELINE)
         baseline = _stats._read_doc(baseline_path)
         for label in list(baseline):
             if drop_all or label in dropped:
@@ -1141,7 +1137,7 @@ def _rebase(run: _Run, dirs: list[_Dir], *, full: bool, drop: Iterable[str] = ()
 
 # -- the trim stamp -------------------------------------------------------------------------------
 def _stamp_path(root: str) -> str:
-    return os.path.join(_stats.stats_dir(root), TRIM_STAMP)
+    return os.path.join(_layout.stats_dir(root), TRIM_STAMP)
 
 
 def _read_stamp(root: str) -> float | None:
@@ -1179,7 +1175,7 @@ def _record_stamp(root: str, now: float) -> None:
 def _writable(cache: Cache, operation: str, report: Report) -> str | None:
     """The root, if ``operation`` may write to it; else None with the reason
     in the report (strict mode raises for a read-only cache)."""
-    from ._cache import BUCKETS_DIR
+    from ._layout import BUCKETS as BUCKETS_DIR
 
     if cache.path is None or cache.state == DISABLED:
         report.skipped_reason = "the cache is disabled" + (f": {cache.state_reason}" if cache.state_reason else "")
@@ -1205,7 +1201,7 @@ def _writable(cache: Cache, operation: str, report: Report) -> str | None:
 def _trim_lock(cache: Cache, root: str, timeout: float, report: Report) -> _locks.FileLock | None | bool:
     """Take the trim lock: the lock, True to go on without one (no locks on
     this file system), or None (skip: another process is trimming)."""
-    from ._cache import LOCKS_DIR
+    from ._layout import LOCKS as LOCKS_DIR
 
     lock = _locks.FileLock(os.path.join(root, LOCKS_DIR, TRIM_LOCK), timeout=timeout)
     try:
@@ -1298,7 +1294,7 @@ def maybe_trim(cache: Cache) -> Report | None:
     read leaves the cache as it found it (opening and reading a cache writes
     nothing), and it did not make it grow.
     """
-    from ._cache import BUCKETS_DIR
+    from ._layout import BUCKETS as BUCKETS_DIR
 
     root = cache.path
     if root is None or cache.state != READY or not cache._root_ready:
@@ -1437,7 +1433,7 @@ def _clean(
     force: bool,
     progress: Progress | None,
 ) -> None:
-    from ._cache import BUCKETS_DIR
+    from ._layout import BUCKETS as BUCKETS_DIR
 
     cache.flush()
     run = _Run(cache, "clean", report, progress)

@@ -14,7 +14,8 @@ import os
 import sys
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _errors
+from . import _errcodes, _errors
+from ._errcodes import is_transient
 
 if TYPE_CHECKING:
     import logging
@@ -37,44 +38,6 @@ def logger() -> logging.Logger:
             _logger.addHandler(logging.NullHandler())
     return _logger
 
-# Windows error codes (winerror) that mean "another process has this file
-# open or locked right now": worth a bounded retry.
-WIN_ACCESS_DENIED = 5
-WIN_SHARING_VIOLATION = 32
-WIN_LOCK_VIOLATION = 33
-_TRANSIENT_WINERRORS = frozenset({WIN_SHARING_VIOLATION, WIN_LOCK_VIOLATION})
-_TRANSIENT_ERRNOS = frozenset({_errno.EBUSY, _errno.ETXTBSY})
-# Operations where Windows reports a file held open by someone else as error
-# 5 rather than 32: replacing over an open target, deleting a delete-pending
-# or mapped file.  Elsewhere (open, mkdir) a 5 is a real ACL denial, and a
-# real denial never clears, so retrying it would only add two seconds to
-# every operation of a cache like uv #11409's.
-RETRY_ACCESS_DENIED_OPS = frozenset({"replace", "rename", "unlink", "rmdir", "link"})
-
-_LOCK_UNSUPPORTED = frozenset(
-    e
-    for e in (
-        _errno.ENOLCK,
-        _errno.ENOSYS,
-        getattr(_errno, "EOPNOTSUPP", None),
-        getattr(_errno, "ENOTSUP", None),
-    )
-    if e is not None
-)
-
-
-def is_transient(exc: OSError, op: str) -> bool:
-    """Whether ``exc`` from ``op`` is worth retrying (the file is in use)."""
-    winerror = getattr(exc, "winerror", None)
-    if winerror is not None:
-        if winerror in _TRANSIENT_WINERRORS:
-            return True
-        if winerror == WIN_ACCESS_DENIED:
-            return op in RETRY_ACCESS_DENIED_OPS
-        return False
-    return exc.errno in _TRANSIENT_ERRNOS
-
-
 def classify(exc: BaseException, *, lock: bool = False) -> tuple[str, type[_errors.CacheError]]:
     """Map an exception to (cause name, strict-mode error class)."""
     if isinstance(exc, _errors.CacheError):
@@ -84,16 +47,15 @@ def classify(exc: BaseException, *, lock: bool = False) -> tuple[str, type[_erro
     if getattr(exc, "_safecache_exhausted", False):
         return "busy", _errors.CacheBusyError
     code = exc.errno
-    winerror = getattr(exc, "winerror", None)
-    if winerror in _TRANSIENT_WINERRORS or code in _TRANSIENT_ERRNOS:
+    if _errcodes.is_busy(exc):
         return "busy", _errors.CacheBusyError
-    if lock and code in _LOCK_UNSUPPORTED:
+    if lock and _errcodes.locks_unsupported(exc):
         return "lock-unsupported", _errors.LockUnsupportedError
     if code == _errno.EROFS:
         return "read-only", _errors.CacheReadOnlyError
     if code in (_errno.EACCES, _errno.EPERM):
         return "permission", _errors.CachePermissionError
-    if code in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+    if code in _errcodes.FULL_ERRNOS:
         return "full", _errors.CacheFullError
     if code == _errno.ENAMETOOLONG:
         return "name-too-long", _errors.CacheError
@@ -137,8 +99,8 @@ def reset_warnings() -> None:
         _warned.clear()
 
 
-def describe_exception(exc: BaseException) -> str:
-    return _errors._describe(exc)
+#: One way to name an exception in a message (see :func:`._errcodes.describe`).
+describe_exception = _errcodes.describe
 
 
 def make_error(
@@ -164,3 +126,11 @@ def make_error(
             )
     filename = path if path is not None else getattr(exc, "filename", None)
     return cls(message, filename=filename, original=exc, operation=operation, cause=cause)
+
+
+def stderr(message: str) -> None:
+    """Print a line for ``SAFECACHE_DEBUG_KEYS``; never raises."""
+    try:
+        sys.stderr.write(message + "\n")
+    except Exception:  # noqa: BLE001 - a debug print must never break the caller
+        pass

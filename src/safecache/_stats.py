@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import os
 
-from . import _fs, _locks, _osops
+from . import _fs, _layout, _locks, _osops
 
-SHARDS = 16
-STATS_DIR = "stats"
-BASELINE = "baseline"
+SHARDS = _layout.STATS_SHARDS
 _FORMAT = 1
 #: Fields summed across shards (``errors`` is a dict of cause -> count).
 FIELDS = ("hits", "misses", "writes", "bytes_read", "bytes_written", "corrupt_removed", "size", "entries")
@@ -121,12 +119,7 @@ def _write_doc(path: str, buckets: dict[str, dict[str, object]]) -> None:
     _fs.write_file(path, [data], budget=0.2)
 
 
-def stats_dir(root: str) -> str:
-    return os.path.join(root, STATS_DIR)
-
-
-def shard_path(root: str, pid: int | None = None) -> str:
-    return os.path.join(stats_dir(root), f"{(os.getpid() if pid is None else pid) % SHARDS:x}")
+shard_path = _layout.stats_shard
 
 
 def flush(root: str, deltas: dict[str, dict[str, object]], *, timeout: float = 2.0) -> None:
@@ -138,7 +131,7 @@ def flush(root: str, deltas: dict[str, dict[str, object]], *, timeout: float = 2
     if not deltas:
         return
     path = shard_path(root)
-    with _locks.FileLock(path + ".lock", timeout=timeout):
+    with _locks.FileLock(path + _layout.LOCK_SUFFIX, timeout=timeout):
         current = _read_doc(path)
         for label, data in deltas.items():
             add_into(current, label, data)
@@ -149,11 +142,10 @@ def read_totals(root: str) -> dict[str, dict[str, object]]:
     """Totals per bucket label: the baseline plus every shard's deltas.
     Reads 17 small files, however many entries the cache holds."""
     total: dict[str, dict[str, object]] = {}
-    directory = stats_dir(root)
-    for label, data in _read_doc(os.path.join(directory, BASELINE)).items():
+    for label, data in _read_doc(_layout.stats_baseline(root)).items():
         add_into(total, label, data)
     for n in range(SHARDS):
-        for label, data in _read_doc(os.path.join(directory, f"{n:x}")).items():
+        for label, data in _read_doc(_layout.stats_shard_n(root, n)).items():
             add_into(total, label, data)
     return total
 
@@ -168,17 +160,16 @@ def rebase(root: str, sizes: dict[str, tuple[int, int]], *, timeout: float = 2.0
     later is counted twice, one written after the walk passed its shard and
     flushed before the rebase is missed.  The next rebase corrects both.
     """
-    directory = stats_dir(root)
-    locks = [_locks.FileLock(os.path.join(directory, f"{n:x}.lock"), timeout=timeout) for n in range(SHARDS)]
+    locks = [_locks.FileLock(_layout.stats_shard_lock(root, n), timeout=timeout) for n in range(SHARDS)]
     held: list[_locks.FileLock] = []
     try:
         for lock in locks:
             lock.acquire()
             held.append(lock)
-        baseline_path = os.path.join(directory, BASELINE)
+        baseline_path = _layout.stats_baseline(root)
         baseline = _read_doc(baseline_path)
         for n in range(SHARDS):
-            path = os.path.join(directory, f"{n:x}")
+            path = _layout.stats_shard_n(root, n)
             doc = _read_doc(path)
             changed = False
             for data in doc.values():

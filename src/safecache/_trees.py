@@ -31,9 +31,9 @@ import os
 import stat as _stat
 import time
 
-from . import _fs, _keys, _link, _locks, _osops, _policy
-from ._format import Invalid, pack_header
-from ._bucket import MTIME_INTERVAL_NS, read_large
+from . import _format, _fs, _keys, _link, _locks, _osops, _policy
+from ._format import Invalid, pack_header, read_entry
+from ._bucket import MTIME_INTERVAL_NS
 from ._location import READY
 
 TYPE_CHECKING = False
@@ -488,15 +488,8 @@ class Trees:
         fd, block = opened
         ops = _osops.current
         try:
-            from ._format import decode_small, parse_header
-
-            raw = bytes.fromhex(digest)
-            if len(block) < 1 << 16:
-                header, payload = decode_small(block, raw)
-            else:
-                header = parse_header(block, raw)
-                payload = read_large(fd, block, header, keep=True) or b""
-            manifest = Manifest.from_bytes(payload)
+            header, payload = read_entry(fd, block, bytes.fromhex(digest))
+            manifest = Manifest.from_bytes(payload or b"")
             if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
                 self.bucket._mark_used(fd, pointer)  # a tree's use time is its pointer's mtime
         except (Invalid, ValueError, KeyError, TypeError) as exc:
@@ -537,9 +530,8 @@ class Trees:
         tree for ``key``; returns the tree in force afterwards (ours, or the
         one another process committed first).  On failure returns an
         ephemeral tree over ``staging`` so the caller can still use it."""
-        from ._bucket import _kind
-
-        kind_code = _kind(kind)
+        
+        kind_code = _format.kind_code(kind)
         bucket = self.bucket
         cache = bucket.cache
         digest = _keys.key_digest(key)
@@ -733,9 +725,8 @@ class TreeBuilder:
     """Returned by :meth:`Trees.build`; see there."""
 
     def __init__(self, trees: Trees, key: Key, kind: str) -> None:
-        from ._bucket import _kind
-
-        _kind(kind)
+        
+        _format.kind_code(kind)
         self._trees = trees
         self._key = key
         self.kind = kind

@@ -1,0 +1,100 @@
+"""Error codes, written once: which system errors mean what, and how to name one.
+
+The bottom layer beside :mod:`._errors`: everything that asks "is this error
+transient?", "does this file system lock at all?" or "how do I say this
+error in one line?" asks here, so no module spells a Windows error number.
+
+Windows numbers are the ``winerror`` CPython puts on the ``OSError`` it
+raises (``GetLastError()`` codes, learn.microsoft.com "System Error Codes
+(0-499)"); CPython maps them to ``errno`` in ``PC/errmap.h``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+# -- Windows system error codes ----------------------------------------------------
+ERROR_INVALID_FUNCTION = 1  # a link kind the file system does not implement
+ERROR_ACCESS_DENIED = 5  # a real ACL/mode denial, or a file pending delete / mapped
+ERROR_NOT_SAME_DEVICE = 17  # a hard link across volumes
+ERROR_SHARING_VIOLATION = 32  # another process holds the file without sharing this access
+ERROR_LOCK_VIOLATION = 33  # a byte range is locked by another process
+ERROR_NOT_SUPPORTED = 50
+ERROR_FILE_EXISTS = 80
+ERROR_DIR_NOT_EMPTY = 145
+ERROR_ALREADY_EXISTS = 183
+ERROR_USER_MAPPED_FILE = 1224  # truncating a file with a mapped view
+ERROR_PRIVILEGE_NOT_HELD = 1314  # symlinks without developer mode
+
+#: "Another process has this file open or locked right now": worth a bounded retry.
+TRANSIENT_WINERRORS = frozenset({ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION})
+#: The POSIX counterparts (a busy mount point, an executing binary).
+TRANSIENT_ERRNOS = frozenset({_errno.EBUSY, _errno.ETXTBSY})
+#: Operations where Windows reports a file held open by someone else as error
+#: 5 rather than 32: replacing over an open target, deleting a delete-pending
+#: or mapped file.  Elsewhere (open, mkdir) a 5 is a real ACL denial, and a
+#: real denial never clears, so retrying it would only add two seconds to
+#: every operation of a cache like uv #11409's.
+RETRY_ACCESS_DENIED_OPS = frozenset({"replace", "rename", "unlink", "rmdir", "link"})
+#: The file system cannot lock at all (NFS without lockd, some FUSE and SMB mounts).
+LOCK_UNSUPPORTED_ERRNOS = frozenset(
+    e
+    for e in (
+        _errno.ENOLCK,
+        _errno.ENOSYS,
+        getattr(_errno, "EOPNOTSUPP", None),
+        getattr(_errno, "ENOTSUP", None),
+    )
+    if e is not None
+)
+#: A lock held by someone else, as a non-blocking attempt reports it.
+LOCK_HELD_ERRNOS = frozenset({_errno.EAGAIN, _errno.EACCES})
+#: A hard link is impossible here (not "the name exists").
+LINK_UNSUPPORTED_ERRNOS = frozenset({_errno.EPERM, _errno.EOPNOTSUPP, _errno.EXDEV, _errno.EMLINK, _errno.ENOSYS})
+#: The disk or the user's quota is full.
+FULL_ERRNOS = frozenset(e for e in (_errno.ENOSPC, getattr(_errno, "EDQUOT", None)) if e is not None)
+
+
+def winerror(exc: BaseException) -> int | None:
+    """The Windows error code on ``exc``, or None (always None off Windows,
+    except under :mod:`safecache.testing`'s emulation)."""
+    return getattr(exc, "winerror", None)
+
+
+def is_transient(exc: OSError, op: str) -> bool:
+    """Whether ``exc`` from ``op`` is worth retrying (the file is in use)."""
+    code = getattr(exc, "winerror", None)
+    if code is not None:
+        if code in TRANSIENT_WINERRORS:
+            return True
+        if code == ERROR_ACCESS_DENIED:
+            return op in RETRY_ACCESS_DENIED_OPS
+        return False
+    return exc.errno in TRANSIENT_ERRNOS
+
+
+def is_busy(exc: OSError) -> bool:
+    """The file is held by another process (whatever the operation)."""
+    return getattr(exc, "winerror", None) in TRANSIENT_WINERRORS or exc.errno in TRANSIENT_ERRNOS
+
+
+def locks_unsupported(exc: OSError) -> bool:
+    """The file system cannot take OS locks."""
+    return exc.errno in LOCK_UNSUPPORTED_ERRNOS
+
+
+def describe(exc: BaseException, *, with_type: bool = True, errno_name: bool = False) -> str:
+    """One line naming ``exc``.
+
+    ``PermissionError: [Errno 13] Permission denied: 'path'`` by default;
+    ``[WinError 32] The process cannot access...`` for a Windows error (with
+    the type first when ``with_type``); ``EACCES: Permission denied`` with
+    ``errno_name`` (doctor's findings, where the path is said elsewhere)."""
+    code = getattr(exc, "winerror", None)
+    if code:
+        text = f"[WinError {code}] {getattr(exc, 'strerror', '') or exc}"
+    elif errno_name and isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"{_errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return f"{type(exc).__name__}: {text}" if with_type else text
