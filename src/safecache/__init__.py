@@ -48,12 +48,9 @@ def __getattr__(name: str) -> object:
 
         value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     elif name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from ._version import version
 
-        try:
-            value = version("safecache")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            value = "0+unknown"
+        value = version()
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import safecache
-from safecache import _format
+from safecache import _format, _keys
 
 
 def entry_path(bucket: safecache.Bucket, key: object) -> Path:
@@ -115,44 +117,11 @@ def test_structured_keys_are_order_independent_for_dicts(cache: safecache.Cache)
     assert b.get(("src/a.py", {"select": ["E", "F"], "line-length": 88})) == b"v"
 
 
-def test_buckets_and_versions_are_separate_namespaces(cache: safecache.Cache) -> None:
-    cache.bucket("lint", version=1).put("k", b"v1")
-    assert cache.bucket("lint", version=2).get("k") is None
-    assert cache.bucket("format", version=1).get("k") is None
-    assert cache.bucket("lint", version=1).get("k") == b"v1"
-
-
-@pytest.mark.parametrize("name", ["", "Lint", "../x", "a/b", "a\\b", ".hidden", "-x", "con", "nul.txt", "x" * 65, "é"])
-def test_invalid_bucket_names_are_refused(cache: safecache.Cache, name: str) -> None:
-    with pytest.raises(ValueError):
-        cache.bucket(name)
-
-
-@pytest.mark.parametrize("version", [-1, 2**31])
-def test_invalid_bucket_versions_are_refused(cache: safecache.Cache, version: int) -> None:
-    with pytest.raises(ValueError):
-        cache.bucket("lint", version=version)
-
-
-def test_bucket_version_must_be_int(cache: safecache.Cache) -> None:
-    with pytest.raises(TypeError):
-        cache.bucket("lint", version="3")  # type: ignore[arg-type]
-
-
 def test_entries_live_inside_their_bucket_directory(cache: safecache.Cache) -> None:
     b = cache.bucket("lint", version=3)
     for key in ["../../etc/passwd", "/abs", ("..", "..")]:
         path = entry_path(b, key).resolve()
         assert Path(b.directory).resolve() in path.parents  # type: ignore[arg-type]
-
-
-def test_first_write_creates_root_markers(cache_dir: Path) -> None:
-    c = safecache.Cache(cache_dir, app_name="mytool")
-    assert not cache_dir.exists()  # opening writes nothing
-    c.bucket("lint").put("k", b"v")
-    assert (cache_dir / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
-    assert (cache_dir / ".gitignore").read_text().splitlines()[-1] == "*"
-    assert "mytool" in (cache_dir / "README").read_text()
 
 
 def test_no_temp_files_are_left_after_writes(cache: safecache.Cache) -> None:
@@ -258,13 +227,6 @@ def test_disabled_cache_misses_and_stores_nothing(cache_dir: Path) -> None:
     assert not cache_dir.exists()
 
 
-def test_disable_environment_variable(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SAFECACHE_DISABLE", "1")
-    c = safecache.Cache(cache_dir)
-    assert not c.enabled
-    assert c.bucket("lint").put("k", b"v") is False
-
-
 def test_counters_count_hits_misses_and_writes(cache: safecache.Cache) -> None:
     b = cache.bucket("lint", version=2)
     b.get("k")
@@ -292,3 +254,66 @@ def test_debug_keys_is_silent_by_default(cache: safecache.Cache, capsys: pytest.
     b.put("k", b"v")
     b.get("k")
     assert capsys.readouterr().err == ""
+
+
+# -- the inlined hot path equals the one entry reader --------------------------------------
+_KINDS = st.one_of(st.sampled_from(sorted(_format.KIND_NAMES)), st.integers(0, 255))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    payload=st.one_of(
+        st.binary(max_size=300),
+        st.integers(_format.BLOCK - _format.HEADER_SIZE - 3, _format.BLOCK - _format.HEADER_SIZE + 3).map(lambda n: b"x" * n),
+    ),
+    kind=_KINDS,
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=3),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+    tail=st.binary(max_size=4),
+    other_key=st.booleans(),
+    version=st.sampled_from([_format.VERSION, _format.VERSION, 0, 2]),
+    magic=st.sampled_from([_format.MAGIC, _format.MAGIC, b"\x89SCF"]),
+    length_delta=st.sampled_from([0, 0, 0, -1, 1]),
+    crc_delta=st.sampled_from([0, 0, 0, 1]),
+)
+def test_get_agrees_with_the_entry_reader_on_every_input(
+    cache: safecache.Cache,
+    payload: bytes,
+    kind: int,
+    flips: list[tuple[int, int]],
+    cut: int | None,
+    tail: bytes,
+    other_key: bool,
+    version: int,
+    magic: bytes,
+    length_delta: int,
+    crc_delta: int,
+) -> None:
+    # Bucket.get inlines the validation of small entries (every hit's cost);
+    # it must accept and refuse exactly what _format.read_entry does.
+    b = cache.bucket("hot")
+    key = "k"
+    digest = bytes.fromhex(_keys.key_digest("other" if other_key else key))
+    # A header with a valid header checksum over arbitrary fields, so every
+    # field check is reached, not only the checksum.
+    length = max(0, len(payload) + length_delta)
+    crc = (_format.crc32(payload) + crc_delta) & 0xFFFFFFFF
+    head = _format._HEAD.pack(magic, version, kind, 0, length, 1, digest, crc)
+    data = bytearray(head + _format.crc32(head).to_bytes(4, "little") + payload)
+    for offset, mask in flips:
+        if offset < len(data):
+            data[offset] ^= mask
+    if cut is not None:
+        del data[cut:]
+    data += tail
+    path = entry_path(b, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        expected: bytes | None = _format.read_entry(fd, os.read(fd, _format.BLOCK), bytes.fromhex(_keys.key_digest(key)))[1]
+    except _format.Invalid:
+        expected = None
+    finally:
+        os.close(fd)
+    assert b.get(key) == expected
