@@ -9,11 +9,14 @@ and the report (docs/performance.md with plots in docs/perf/).
 Sections: 1 workload (diskcache's benchmark_core), 2 floor (get/put against
 the system calls), 3 large (streaming 100 MiB against cp and cat, peak
 memory), 4 trees (placing 10,000 files against cp -r), 5 scale (1,000 vs
-1,000,000 entries, info and trim), 6 startup (import and `safecache dir`),
-7 contention (1-8 processes, same and disjoint keys).  ``--sections`` picks
-some (names or numbers).  Nothing here asserts on times: a missed target is
-reported, never an error.  The run exits non-zero only if a section fails
-to run.
+1,000,000 entries; info, trim and clean), 6 startup (import and `safecache
+dir`), 7 contention (1-8 processes, same and disjoint keys).
+``--sections`` picks some (names or numbers).  Nothing here asserts on
+times: a missed target is reported, never an error, and every target is
+listed in every run (not measured, with the reason, when it was not).  The
+run exits non-zero only if a section fails to run.  ``bench/compare.py OLD
+NEW`` measures section 2's 1 KiB get/put against two source trees in one
+run.
 
 Levels: the default is the full run, which writes ``bench/results/<UTC
 date>.json`` and regenerates ``docs/performance.md`` and ``docs/perf/*.png``.
@@ -43,7 +46,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
 from suite import RUN_ORDER, SECTIONS
-from suite.common import REPO, Ctx, loadavg, machine, source_commit
+from suite.common import REPO, Ctx, loadavg, machine, source_commit, unmeasured
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,15 +119,25 @@ def write_report(results: dict, report: str, plots_dir: str | None, no_plots: bo
     )
 
 
+def section_targets(name: str, res: dict | None) -> list[dict]:
+    """A section's targets with their status; a section that was not run or
+    failed still lists every target, as not measured, so that no target
+    drops out of the report."""
+    mod = importlib.import_module(f"suite.{name}")
+    if res is not None and "error" not in res:
+        return mod.targets(res)
+    return unmeasured(mod.targets(None), "section not run" if res is None else "section failed in this run")
+
+
 def refresh_targets(results: dict) -> None:
     """Recompute every section's targets from its figures."""
     results["targets"] = []
     for name in RUN_ORDER:
         res = results["sections"].get(name)
-        if res is None or "error" in res:
-            continue
-        res["targets"] = importlib.import_module(f"suite.{name}").targets(res)
-        results["targets"].extend(res["targets"])
+        found = section_targets(name, res)
+        if res is not None:
+            res["targets"] = found
+        results["targets"].extend(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,15 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             load0 = loadavg()
             try:
                 res = mod.run(ctx)
-                res["targets"] = mod.targets(res)
             except Exception:  # noqa: BLE001 - the other sections still run; the exit status says it failed
                 traceback.print_exc()
-                res = {"error": traceback.format_exc(limit=8), "targets": []}
+                res = {"error": traceback.format_exc(limit=8)}
                 failed.append(name)
+            res["targets"] = section_targets(name, res)
             res["seconds"] = round(time.monotonic() - t0, 1)
             res["loadavg_before"], res["loadavg_after"] = load0, loadavg()
             results["sections"][name] = res
-            results["targets"].extend(res["targets"])
             for t in res["targets"]:
                 print(f"  target: {t['target']}: {t['status']}", flush=True)
             print(f"  ({res['seconds']} s)", flush=True)
@@ -202,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    refresh_targets(results)  # every section's, the ones not run included
     results["machine"]["loadavg_after"] = loadavg()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["notes"] = ctx.notes

@@ -8,7 +8,7 @@ them with the notes in ``bench/notes/``):
 2. ``floor``      get/put of 1 KiB, 64 KiB, 1 MiB against the bare system calls
 3. ``large``      streaming put/get of 100 MiB against cp and cat; peak memory
 4. ``trees``      placing 10,000 small files by each link mode against cp -r
-5. ``scale``      get/put with 1,000 vs 1,000,000 entries; info and trim at that scale
+5. ``scale``      get/put with 1,000 vs 1,000,000 entries; info, trim and clean at that scale
 6. ``startup``    import and ``safecache dir`` cold start
 7. ``contention`` throughput of 1, 2, 4, 8 processes on the same and on disjoint keys
 """
@@ -17,6 +17,6 @@ SECTIONS = ("workload", "floor", "large", "trees", "scale", "startup", "contenti
 
 #: The order they run in: the sections that delete many files (trees, scale)
 #: run last, because on an ext4 without a journal every deletion makes file
-#: creation slower for minutes afterwards (bench_trees.ext4_journal), which
+#: creation slower for minutes afterwards (trees.ext4_journal), which
 #: would leak into the sections measured after them.
 RUN_ORDER = ("workload", "floor", "large", "startup", "contention", "trees", "scale")

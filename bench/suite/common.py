@@ -71,22 +71,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def fs_type(path: str) -> str:
-    """File system type of ``path`` (longest matching mount point in /proc/mounts)."""
+def mount_of(path: str) -> tuple[str, str, str, str]:
+    """(mount point, device, file system type, mount options) of ``path``: the
+    longest matching mount point in /proc/mounts; unknown values are ""."""
     real = os.path.realpath(path)
-    best, fstype = "", "unknown"
+    best = ("", "", "unknown", "")
     try:
         with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) < 3:
+                if len(parts) < 4:
                     continue
-                mnt = parts[1].encode().decode("unicode_escape")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, fstype = mnt, parts[2]
+                mnt = parts[1].encode().decode("unicode_escape")  # \040 for spaces
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, parts[0], parts[2], parts[3])
     except OSError:
         pass
-    return fstype
+    return best
+
+
+def fs_type(path: str, *, options: bool = False) -> str:
+    """File system type of ``path`` (with its mount options if ``options``)."""
+    _, _, kind, opts = mount_of(path)
+    return f"{kind} ({opts})" if options and opts else kind
 
 
 def mem_total_gib() -> float | None:
@@ -230,6 +237,44 @@ def interleaved(
     return wall, cpu
 
 
+# -- timed loops: one batch of get or put, and the floor's (the bare system calls) -----------
+def loop_get(get: Any, keys: list[str]) -> int:
+    t0 = perf_ns()
+    for k in keys:
+        get(k)
+    return perf_ns() - t0
+
+
+def loop_put(put: Any, keys: list[str], values: list[bytes]) -> int:
+    t0 = perf_ns()
+    for k, v in zip(keys, values):
+        put(k, v)
+    return perf_ns() - t0
+
+
+def loop_floor_get(paths: list[str], read_size: int) -> int:
+    o, r, c, flags = os.open, os.read, os.close, os.O_RDONLY
+    t0 = perf_ns()
+    for p in paths:
+        fd = o(p, flags)
+        r(fd, read_size)
+        c(fd)
+    return perf_ns() - t0
+
+
+def loop_floor_put(files: list[tuple[str, str, bytes]]) -> int:
+    """``O_EXCL`` temp file + one write + close + rename, per (temp, final, bytes)."""
+    o, w, c, rep = os.open, os.write, os.close, os.replace
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    t0 = perf_ns()
+    for tmp, final, blob in files:
+        fd = o(tmp, flags, 0o666)
+        w(fd, blob)
+        c(fd)
+        rep(tmp, final)
+    return perf_ns() - t0
+
+
 def paired_ratio(a: list[int], b: list[int]) -> float:
     """Median of the per-round ratios (each round's batches ran back to back)."""
     return statistics.median(x / y for x, y in zip(a, b))
@@ -242,31 +287,15 @@ def profile(
     own time, leaving out functions defined in the files named in ``exclude``
     (the benchmark's own loops).  The profiler inflates every Python-level call."""
     import cProfile
-    import pstats
+
+    from .worker import top_functions
 
     prof = cProfile.Profile()
     prof.enable()
     for arg in args:
         fn(arg)
     prof.disable()
-    stats = pstats.Stats(prof)
-    total = stats.total_tt  # type: ignore[attr-defined]
-    rows = []
-    for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if os.path.basename(filename) in exclude or "_lsprof" in func or "perf_counter_ns" in func:
-            continue
-        where = f"{os.path.basename(filename)}:{line}({func})" if filename != "~" else func
-        rows.append(
-            {
-                "function": where,
-                "calls": nc,
-                "own_ms": tt * 1e3,
-                "cumulative_ms": ct * 1e3,
-                "own_share": tt / total if total else 0.0,
-            }
-        )
-    rows.sort(key=lambda r: -r["own_ms"])
-    return {"total_ms": total * 1e3, "top": rows[:top]}
+    return top_functions(prof, top, exclude, ("_lsprof", "perf_counter_ns"))
 
 
 def profile_markdown(title: str, prof: dict[str, Any], rows_n: int = 8) -> str:
@@ -333,6 +362,15 @@ def target(
         "source": source,
         "note": note,
     }
+
+
+def unmeasured(targets: list[dict[str, Any]], why: str) -> list[dict[str, Any]]:
+    """The same targets, each as not measured in this run, saying why (a
+    section that was not run or failed still lists every target it has)."""
+    return [
+        target(t["section"], t["target"], None, t["limit"], unit=t["unit"], source=t["source"], note=why)
+        for t in targets
+    ]
 
 
 # -- children --------------------------------------------------------------------------------
@@ -473,6 +511,13 @@ def fmt_ratio(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.3f}x" if x < 0.1 else f"{x:.2f}x"
+
+
+def missing_lines(missing: dict[str, str]) -> list[str]:
+    """The report's line naming the contenders not measured, if any."""
+    if not missing:
+        return []
+    return ["Not measured: " + "; ".join(f"{k}: {v}" for k, v in missing.items()) + "."]
 
 
 def md_table(header: list[str], rows: list[list[object]], align: str | None = None) -> str:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from .common import Ctx, WorkerPool, contenders_available, fmt_ratio, fs_type, md_table, tmpfs_dir
+from .common import Ctx, WorkerPool, contenders_available, fmt_ratio, fs_type, md_table, missing_lines, tmpfs_dir
 
 TITLE = "7. Contention: throughput of 1, 2, 4, 8 processes on the same keys and on disjoint keys"
 KEYS = 100
@@ -162,8 +162,7 @@ def markdown(result: dict[str, Any]) -> str:
             "where listed. *x 1 process*: throughput relative to the same contender alone."
         )
     ]
-    if result["missing"]:
-        parts.append("Not measured: " + "; ".join(f"{k}: {v}" for k, v in result["missing"].items()) + ".")
+    parts += missing_lines(result["missing"])
     rows = []
     for label, block in result["results"].items():
         for name, per in block.items():

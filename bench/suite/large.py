@@ -33,7 +33,19 @@ import subprocess
 import sys
 from typing import Any
 
-from .common import WORKER, Ctx, MiB, child_env, fmt_ratio, fs_type, md_table, perf_ns, target
+from .common import (
+    WORKER,
+    Ctx,
+    MiB,
+    child_env,
+    fmt_ratio,
+    fs_type,
+    md_table,
+    missing_lines,
+    perf_ns,
+    profile_markdown,
+    target,
+)
 
 TITLE = "3. Large values: streaming put and get against cp and cat, and peak memory"
 #: peak RSS may grow by at most this much from the small to the large value
@@ -176,25 +188,26 @@ def run(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
-def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    sizes = list(result["results"])
+def targets(result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    sizes = list((result or {}).get("results", {}))
+    small = result["results"][sizes[0]] if len(sizes) >= 2 else {}  # type: ignore[index]
+    large = result["results"][sizes[-1]] if len(sizes) >= 2 else {}  # type: ignore[index]
+    span = f"{sizes[-1]} minus at {sizes[0]}" if len(sizes) >= 2 else "100 MiB minus at 10 MiB"
     out = []
-    if len(sizes) < 2:
-        return out
-    small, large = result["results"][sizes[0]], result["results"][sizes[-1]]
     for name in ("safecache put_stream", "safecache open+read"):
         if name in small and name in large:
-            growth = large[name]["peak_rss_mib"] - small[name]["peak_rss_mib"]
+            growth, why = large[name]["peak_rss_mib"] - small[name]["peak_rss_mib"], ""
         else:
-            growth = None
+            growth, why = None, "fewer than two sizes measured"
         out.append(
             target(
                 "3",
-                f"{name}: peak RSS at {sizes[-1]} minus at {sizes[0]} <= {TARGET_GROWTH_MIB:g} MiB",
+                f"{name}: peak RSS at {span} <= {TARGET_GROWTH_MIB:g} MiB",
                 growth,
                 TARGET_GROWTH_MIB,
                 unit="MiB",
                 source="issue 5 (memory must not grow with size)",
+                note=why,
             )
         )
     return out
@@ -210,8 +223,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"A child that imports safecache and does nothing peaks at {base['hwm_kb'] / 1024:.1f} MiB."
         )
     ]
-    if result["missing"]:
-        parts.append("Not measured: " + "; ".join(f"{k}: {v}" for k, v in result["missing"].items()) + ".")
+    parts += missing_lines(result["missing"])
     rows = []
     for size, block in result["results"].items():
         for name, e in block.items():
@@ -233,14 +245,5 @@ def markdown(result: dict[str, Any]) -> str:
     prof = result.get("profile")
     if prof:
         for op in ("put_stream", "open+read"):
-            p = prof[op]
-            rows = [
-                [f"`{r['function']}`", f"{r['calls']:,}", f"{r['own_ms']:.1f}", f"{r['own_share'] * 100:.0f}%"]
-                for r in p["top"][:8]
-            ]
-            parts.append(
-                f"cProfile of `{op}` of {prof['size_mib']} MiB ({p['total_ms']:.0f} ms under the "
-                "profiler), top functions by own time:\n\n"
-                + md_table(["function", "calls", "own ms", "share"], rows, "lrrr")
-            )
+            parts.append(profile_markdown(f"cProfile of `{op}` of {prof['size_mib']} MiB", prof[op]))
     return "\n\n".join(parts)

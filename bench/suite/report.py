@@ -4,9 +4,7 @@ Generated: the header, the machine, the targets with their status, and per
 section its method, tables and plots.  Hand-written: ``bench/notes/*.md``,
 included verbatim (``intro.md`` after the header, ``<section>.md`` at the
 end of its section, ``closing.md`` at the end), so that regenerating the
-report never loses the analysis.  The maintenance section that
-``bench/bench_maintenance.py --section bench/maintenance-section.md``
-writes is included in section 5 when that file exists.
+report never loses the analysis.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from . import SECTIONS
 from .common import BENCH, md_table
 
 NOTES = os.path.join(BENCH, "notes")
-MAINTENANCE_SECTION = os.path.join(BENCH, "maintenance-section.md")
 
 
 def _note(name: str) -> str | None:
@@ -123,8 +120,9 @@ def write(results: dict[str, Any], report_path: str, plots_dir: str, *, plots: b
     out += [
         "## Targets",
         (
-            "Every target of issues 2 to 5, with its status in this run. Ratios are safecache's figure over the "
-            "other's: below 1, safecache is faster. Why a target is missed, and what limits it, is in its section."
+            "Every target of issues 2 to 5, with its status in this run; one this run did not measure is listed as "
+            "such, with the reason. Ratios are safecache's figure over the other's: below 1, safecache is faster. "
+            "Why a target is missed, and what limits it, is in its section."
         ),
         targets_table(results),
     ]
@@ -151,14 +149,6 @@ def write(results: dict[str, Any], report_path: str, plots_dir: str, *, plots: b
         note = _note(name)
         if note:
             out.append(note)
-        if name == "scale" and os.path.exists(MAINTENANCE_SECTION):
-            with open(MAINTENANCE_SECTION, encoding="utf-8") as f:
-                text = f.read().strip()
-            text = "\n".join(("#" + line) if line.startswith("#") else line for line in text.splitlines())
-            out.append(
-                "The maintenance benchmark (`bench/bench_maintenance.py`, issue 4) as it last wrote "
-                "`bench/maintenance-section.md`:\n\n" + text
-            )
     closing = _note("closing")
     if closing:
         out.append(closing)

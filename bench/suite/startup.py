@@ -155,9 +155,9 @@ def run(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    r = result["results"]
-    sc = r["import safecache"]["over_pass_ms"]
+def targets(result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    r = (result or {}).get("results", {})
+    sc = r.get("import safecache", {}).get("over_pass_ms")
     dc = r.get("import diskcache", {}).get("over_pass_ms")
     return [
         target("6", "import safecache < 10 ms", sc, TARGETS["import_ms"], unit="ms", source="issue 2"),
@@ -165,7 +165,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         target(
             "6",
             "import safecache < 0.5x import diskcache",
-            sc / dc if dc else None,
+            sc / dc if sc is not None and dc else None,
             TARGETS["import_vs_diskcache"],
             source="issue 2",
             note="" if dc else "diskcache not installed",

@@ -249,7 +249,25 @@ def task_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ops": ops, "elapsed_ns": elapsed, "counts": counts}
 
 
-def top_functions(profiler: Any, top: int) -> dict[str, Any]:
+#: What the workers' own loops call: left out of their profiles.
+HARNESS_FILES = ("worker.py", "random.py")
+HARNESS_FUNCS = (
+    "thread_time_ns",
+    "perf_counter_ns",
+    "method 'random'",
+    "getrandbits",
+    "method 'encode'",
+    "method 'append'",
+    "disable' of '_lsprof",
+)
+
+
+def top_functions(
+    profiler: Any, top: int, files: tuple[str, ...] = HARNESS_FILES, funcs: tuple[str, ...] = HARNESS_FUNCS
+) -> dict[str, Any]:
+    """The ``top`` functions of a cProfile run by own time, leaving out (and
+    adding up as ``harness_ms``) the functions defined in ``files`` (base
+    names) or whose names contain one of ``funcs``: the benchmark's own loop."""
     import pstats
 
     stats = pstats.Stats(profiler)
@@ -257,24 +275,12 @@ def top_functions(profiler: Any, top: int) -> dict[str, Any]:
     rows = []
     harness = 0.0
     for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{os.path.basename(filename)}:{line}({func})" if filename != "~" else func
-        if os.path.basename(filename) in ("worker.py", "random.py") or any(
-            h in func
-            for h in (
-                "thread_time_ns",
-                "perf_counter_ns",
-                "method 'random'",
-                "getrandbits",
-                "method 'encode'",
-                "method 'append'",
-                "disable' of '_lsprof",
-            )
-        ):
-            harness += tt  # the benchmark loop itself, not the contender
+        if os.path.basename(filename) in files or any(h in func for h in funcs):
+            harness += tt
             continue
         rows.append(
             {
-                "function": where,
+                "function": f"{os.path.basename(filename)}:{line}({func})" if filename != "~" else func,
                 "calls": nc,
                 "own_ms": tt * 1e3,
                 "cumulative_ms": ct * 1e3,
