@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+import safecache
 import safecache.testing as testing
 from safecache import _osops
 from safecache.testing import (
@@ -246,7 +247,7 @@ def test_a_spawned_interpreter_enables_the_emulator_itself(tmp_path: Path, win: 
         ops.close(fd)
         """
     )
-    src_dir = os.path.dirname(os.path.dirname(os.path.abspath(testing.__file__)))
+    src_dir = os.path.dirname(os.path.dirname(os.path.abspath(safecache.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src_dir, os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen(
         [sys.executable, "-c", script, target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
@@ -912,5 +913,39 @@ def test_options_recreate_an_equivalent_emulator() -> None:
 
 def test_the_public_names_exist() -> None:
     assert sorted(testing.__all__) == sorted(set(testing.__all__))
+    # Sorted as isort sorts: constants, then classes, then functions.
+    assert testing.__all__ == sorted(testing.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
     for name in testing.__all__:
         assert hasattr(testing, name), name
+
+
+def test_osops_is_the_public_base_of_the_emulators() -> None:
+    """Users subclass ``safecache.testing.OsOps``, never a private class."""
+    assert "OsOps" in testing.__all__
+    assert testing.OsOps is _osops.OsOps  # the very class safecache calls through
+    assert issubclass(WindowsOps, testing.OsOps) and issubclass(FaultOps, testing.OsOps)
+
+
+def test_a_fault_model_of_your_own(tmp_path: Path) -> None:
+    """docs/testing.md: subclass OsOps to write a fault model, install it, and
+    inject_errors stacks on it like on the emulator."""
+
+    class ReadOnlyFileSystem(testing.OsOps):
+        def mkdir(self, path: str, mode: int = 0o777) -> None:
+            raise make_oserror(errno.EROFS, path)
+
+    before = _osops.current
+    _osops.current = ReadOnlyFileSystem()
+    try:
+        with pytest.raises(OSError) as exc:
+            _osops.current.mkdir(str(tmp_path / "d"))
+        assert exc.value.errno == errno.EROFS and exc.value.filename == str(tmp_path / "d")
+        with inject_errors(errno.EIO, ops="stat") as faults:
+            with pytest.raises(OSError) as stat_exc:
+                _osops.current.stat(str(tmp_path))
+            with pytest.raises(OSError) as mkdir_exc:  # not injected: the model underneath answers
+                _osops.current.mkdir(str(tmp_path / "d"))
+        assert stat_exc.value.errno == errno.EIO and mkdir_exc.value.errno == errno.EROFS
+        assert [call.op for call in faults.calls] == ["stat", "mkdir"]
+    finally:
+        _osops.current = before

@@ -1,0 +1,94 @@
+"""Helpers for testing code that uses safecache: Windows file semantics on
+Linux, and fault injection.
+
+Every system call safecache makes goes through one :class:`OsOps` object,
+``safecache._osops.current``.  This package swaps that object for one that
+behaves differently, so the code under test is the real code:
+
+* :class:`WindowsOps` (installed with :func:`windows_semantics` or
+  :func:`enable_windows_semantics`) makes Linux refuse what Windows refuses
+  -- replacing a file another process has open, deleting a file that is open
+  without ``FILE_SHARE_DELETE``, renaming onto an existing name -- with the
+  exceptions CPython raises on Windows (``PermissionError`` with
+  ``winerror`` 5 or 32, ``FileExistsError`` with ``winerror`` 183, ...).
+  Open handles are visible across processes, so many real processes can
+  share one cache root under the emulation.  It can also inject the
+  transient denials an antivirus scanner causes.
+* :class:`FaultOps` (installed with :func:`inject_errors`) raises a chosen
+  error from chosen operations, on top of whatever is in force.
+
+:class:`OsOps` is the public base both implement: the interface of every
+system call safecache makes, each with the semantics of the :mod:`os`
+function of the same name, and as an instance the real operating system.
+Subclass it to write your own fault model, and install an instance the way
+:func:`windows_semantics` does, restoring the previous one afterwards.
+
+docs/testing.md describes every rule, option and limit.  The Windows
+behaviour modelled here is the one documented by Microsoft and implemented
+by Wine's ``server/fd.c``; the error numbers are those of CPython's
+``PC/errmap.h``.
+
+:class:`WindowsOps` needs Linux (open file description locks, Linux 3.15+)
+and a local file system that supports them (not NFS).  :class:`FaultOps`
+works everywhere.
+
+The modules behind this one are private, one concept each:
+``_winerror`` (Windows error codes and exceptions), ``_perprocess``
+(per-process random streams and counters), ``_handles`` (the cross-process
+handle table, byte-range locks, :func:`holding`), ``_names`` (names Windows
+refuses, rename without replace, delete-pending names), ``_windows``
+(:class:`WindowsOps`), ``_install`` (installing and removing it) and
+``_faults`` (fault injection).  Besides each other, they depend only on
+``safecache._osops`` and the standard library.
+"""
+
+from __future__ import annotations
+
+# The public home of the system-call interface.  The modules below take it
+# from safecache._osops themselves (the same class): importing it from here
+# would make each of them import the package that imports them.
+from safecache._osops import OsOps
+
+from ._faults import OPERATIONS, Call, ErrorSpec, FaultOps, inject_errors
+
+# The lock layout, which tests/test_testing.py checks against the kernel.
+from ._handles import _FLOCK as _FLOCK
+from ._handles import _HANDLES as _HANDLES
+from ._handles import _SPAN as _SPAN
+from ._handles import _ofd_conflict as _ofd_conflict
+from ._handles import _ofd_setlk as _ofd_setlk
+from ._handles import holding
+from ._install import disable_windows_semantics, enable_windows_semantics, windows_semantics
+from ._windows import WindowsOps, WindowsOptions
+
+# The Windows error numbers the emulator raises; importable from here as
+# before the split, though not part of __all__.
+from ._winerror import ERROR_ACCESS_DENIED as ERROR_ACCESS_DENIED
+from ._winerror import ERROR_ALREADY_EXISTS as ERROR_ALREADY_EXISTS
+from ._winerror import ERROR_DIR_NOT_EMPTY as ERROR_DIR_NOT_EMPTY
+from ._winerror import ERROR_DIRECTORY as ERROR_DIRECTORY
+from ._winerror import ERROR_FILE_EXISTS as ERROR_FILE_EXISTS
+from ._winerror import ERROR_INVALID_FUNCTION as ERROR_INVALID_FUNCTION
+from ._winerror import ERROR_INVALID_NAME as ERROR_INVALID_NAME
+from ._winerror import ERROR_LOCK_VIOLATION as ERROR_LOCK_VIOLATION
+from ._winerror import ERROR_NOT_SUPPORTED as ERROR_NOT_SUPPORTED
+from ._winerror import ERROR_PRIVILEGE_NOT_HELD as ERROR_PRIVILEGE_NOT_HELD
+from ._winerror import ERROR_SHARING_VIOLATION as ERROR_SHARING_VIOLATION
+from ._winerror import WinError, make_oserror
+
+__all__ = [
+    "OPERATIONS",
+    "Call",
+    "ErrorSpec",
+    "FaultOps",
+    "OsOps",
+    "WinError",
+    "WindowsOps",
+    "WindowsOptions",
+    "disable_windows_semantics",
+    "enable_windows_semantics",
+    "holding",
+    "inject_errors",
+    "make_oserror",
+    "windows_semantics",
+]
