@@ -69,12 +69,16 @@ def child_code(body: str) -> str:
     return _TEMPLATE.replace("@BODY@", textwrap.indent(textwrap.dedent(body).strip("\n"), " " * 8))
 
 
-def run_case(unprivileged: conftest.Unprivileged, body: str, root: Path | str) -> dict[str, Any]:
-    """Run ``body`` as the unprivileged user against ``root``; return its report."""
+def run_case(unprivileged: conftest.Unprivileged, body: str, root: Path | str, *, shared: bool = False) -> dict[str, Any]:
+    """Run ``body`` as the unprivileged user against ``root``; return its report.
+    ``shared``: the child opts into a shared cache (``SAFECACHE_SHARED=1``),
+    without which a cache owned by another user is not used at all."""
     env = {
         "SAFECACHE_TEST_ROOT": str(root),
         "SAFECACHE_TEST_ENTRIES": _entries_json(),
     }
+    if shared:
+        env["SAFECACHE_SHARED"] = "1"
     report = unprivileged.run_json(child_code(body), env=env)
     assert isinstance(report, dict)
     return report

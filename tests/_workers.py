@@ -100,3 +100,106 @@ def crash_writer(root: str, writer: int, keys: list[str]) -> None:
             bucket.put(key, value)
         else:
             bucket.put_stream(key, io.BytesIO(value))
+
+
+class VirtualClock:
+    """Stands in for the ``time`` module in ``safecache._fs`` (install it with
+    ``monkeypatch.setattr(_fs, "time", clock)``, or assign it in a child
+    process): the retry loop's sleeps advance a virtual clock at once and are
+    counted, so a test measures how much budget an operation spent without
+    waiting for it or asserting wall-clock time.  ``on_first_sleep`` runs once,
+    at the first sleep: another process's action during the retries."""
+
+    def __init__(self, on_first_sleep: Any = None) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+        self.slept = 0.0
+        self.on_first_sleep = on_first_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.slept += seconds
+        self.now += seconds
+        action, self.on_first_sleep = self.on_first_sleep, None
+        if action is not None:
+            action()
+
+
+def stored_reader(root: str, worker: int, keys: list[str], rounds: int, windows: dict[str, Any], queue: Any) -> None:
+    """Get every one of ``keys`` (all stored, never changed) ``rounds`` times
+    under the Windows emulator; report false misses (None for a stored key),
+    wrong values, warnings and the emulator's counters.  Bounded in count, and
+    in time by a 120 s guard that reports itself."""
+    import time
+
+    import safecache
+
+    result: dict[str, Any] = {
+        "worker": worker, "gets": 0, "false_misses": 0, "problems": [], "warnings": 0, "emulator": {}, "timed_out": False
+    }
+    try:
+        from safecache.testing import enable_windows_semantics
+
+        ops = enable_windows_semantics(**windows)
+        deadline = time.monotonic() + 120
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bucket = safecache.Cache(root).bucket("reads")  # the default retry budget (2 s)
+            for _ in range(rounds):
+                for key in keys:
+                    result["gets"] += 1
+                    value = bucket.get(key)
+                    if value is None:
+                        result["false_misses"] += 1
+                    else:
+                        problem = check_value(key, value)
+                        if problem:
+                            result["problems"].append(problem)
+                if time.monotonic() > deadline:
+                    result["timed_out"] = True
+                    break
+            result["warnings"] = len(caught)
+        result["emulator"] = ops.stats
+    except BaseException:  # noqa: BLE001 - the test's point: nothing may escape
+        result["problems"].append("exception reached the caller:\n" + traceback.format_exc())
+    queue.put(result)
+
+
+def unreadable_reader(root: str, keys: list[str], gets: int, windows: dict[str, Any], fault: Any, queue: Any) -> None:
+    """Get each of ``keys`` (stored, but unreadable) ``gets`` times under the
+    emulator, with ``fault`` (an ``inject_errors`` argument tuple, or None) on
+    top, the retry loop on a :class:`VirtualClock`; report how much budget
+    was spent and by how many gets."""
+    import safecache
+    from safecache import _fs
+    from safecache.testing import enable_windows_semantics, inject_errors
+
+    result: dict[str, Any] = {"values": [], "slept": 0.0, "gets_that_slept": 0, "budget": 0.0, "problems": []}
+    try:
+        warnings.simplefilter("ignore")
+        ops = enable_windows_semantics(**windows)
+        clock = VirtualClock()
+        _fs.time = clock  # type: ignore[assignment]  # this process only
+        cache = safecache.Cache(root)
+        bucket = cache.bucket("reads")
+        result["budget"] = cache.retry_budget
+        with inject_errors(*fault[0], **fault[1]) if fault else _nothing():
+            for _ in range(gets):
+                for key in keys:
+                    before = clock.sleeps
+                    result["values"].append(bucket.get(key))
+                    result["gets_that_slept"] += clock.sleeps > before
+        result["slept"] = clock.slept
+        result["emulator"] = ops.stats
+    except BaseException:  # noqa: BLE001
+        result["problems"].append("exception reached the caller:\n" + traceback.format_exc())
+    queue.put(result)
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0,
     "_errcodes": 0,
     "_version": 0,
+    "_units": 0,
     "_policy": 1,
     # 2: the system-call indirection and its Windows backend
     "_win32": 2,
@@ -42,6 +43,7 @@ LAYERS: dict[str, int] = {
     "_location": 5,
     "_link": 5,
     "_compute": 5,
+    "_trust": 5,
     # 6: the store
     "_bucket": 6,
     "_cache": 6,
@@ -52,6 +54,9 @@ LAYERS: dict[str, int] = {
     "_place": 7,
     # 8: maintenance and diagnosis
     "_walk": 8,
+    "_examine": 8,
+    "_reclaim": 8,
+    "_trimmer": 8,
     "_trim": 8,
     "_prune": 8,
     "_clean": 8,
@@ -61,6 +66,11 @@ LAYERS: dict[str, int] = {
     "maintenance": 8,
     "_doctor": 8,
     "_doctor_checks": 8,
+    "_doctor_contents": 8,
+    "_doctor_fs": 8,
+    "_doctor_links": 8,
+    "_doctor_probes": 8,
+    "_doctor_report": 8,
     "_doctor_remedies": 8,
     "_probe": 8,
     "_fsinfo": 8,
@@ -71,7 +81,6 @@ LAYERS: dict[str, int] = {
     "_cli": 9,
     "_cli_format": 9,
     "_cli_commands": 9,
-    "_units": 9,
     "_progress": 9,
     "cli": 9,
     # 10: the front door, which wires the layers together

@@ -317,3 +317,104 @@ def test_get_agrees_with_the_entry_reader_on_every_input(
     finally:
         os.close(fd)
     assert b.get(key) == expected
+
+
+# -- what is the same entry, what a source may yield -------------------------------------
+def test_put_of_a_same_crc_value_replaces_the_entry(cache: safecache.Cache) -> None:
+    # Two values of one length and one CRC-32 (a collision is trivial to
+    # craft): identity is decided by content, so the second put must store.
+    b = cache.bucket("lint")
+    first = b"\x00" * 8
+    second = _crc32_twin(first)
+    assert second != first and len(second) == len(first) and _format.crc32(second) == _format.crc32(first)
+    assert b.put("k", first)
+    assert b.put("k", second)
+    assert b.get("k") == second
+
+
+def _crc32_twin(data: bytes) -> bytes:
+    """Another value with the same length and CRC-32 as ``data`` (at least 5
+    bytes).  CRC-32 is affine over GF(2): crc(a ^ d) == crc(a) ^ crc(d) ^
+    crc(0...0).  Pick d with a 1 in its first byte and solve for its last
+    four bytes so that crc(d) == crc(0...0): 32 linear equations."""
+    import zlib
+
+    n = len(data)
+    zero = zlib.crc32(bytes(n))
+
+    def f(d: bytes) -> int:  # linear in d
+        return zlib.crc32(d) ^ zero
+
+    base = f(b"\x01" + bytes(n - 1))
+    columns = [f(bytes(n - 4) + (1 << bit).to_bytes(4, "little")) for bit in range(32)]
+    # Gaussian elimination: find bits x with XOR of columns[x] == base.
+    rows = [(columns[bit], 1 << bit) for bit in range(32)]
+    solution, target = 0, base
+    for pivot in range(32):
+        mask = 1 << pivot
+        index = next(i for i, (value, _) in enumerate(rows) if value & mask)
+        value, combo = rows.pop(index)
+        rows = [(v ^ value, c ^ combo) if v & mask else (v, c) for v, c in rows]
+        if target & mask:
+            target ^= value
+            solution ^= combo
+    d = b"\x01" + bytes(n - 5) + solution.to_bytes(4, "little")
+    assert f(d) == 0
+    return bytes(x ^ y for x, y in zip(data, d))
+
+
+@pytest.mark.parametrize("source", [iter(b"hello"), [b"ok", "text"], [b"ok", 5]])
+def test_put_stream_refuses_chunks_that_are_not_bytes(cache: safecache.Cache, source: object) -> None:
+    b = cache.bucket("lint")
+    with pytest.raises(TypeError):
+        b.put_stream("k", source)  # type: ignore[arg-type]
+    assert b.get("k") is None
+
+
+def test_put_stream_refuses_a_non_blocking_source_instead_of_storing_a_prefix(cache: safecache.Cache) -> None:
+    class NonBlocking:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, n: int) -> bytes | None:
+            self.calls += 1
+            return b"head" if self.calls == 1 else None  # no data ready yet
+
+    b = cache.bucket("lint")
+    with pytest.raises(BlockingIOError):
+        b.put_stream("k", NonBlocking())  # type: ignore[arg-type]
+    assert b.get("k") is None
+
+
+# -- a FIFO where an entry should be never hangs ---------------------------------------------
+@pytest.fixture
+def fifo_entry(cache: safecache.Cache) -> tuple[safecache.Bucket, Path]:
+    import signal
+
+    b = cache.bucket("odd")
+    path = entry_path(b, "k")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    # A hang fails the test instead of stopping the run.
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("hung on a FIFO")))
+    signal.alarm(10)
+    yield b, path
+    signal.alarm(0)
+
+
+def test_get_of_a_fifo_is_a_miss(fifo_entry: tuple[safecache.Bucket, Path]) -> None:
+    b, _ = fifo_entry
+    assert b.get("k") is None
+
+
+def test_contains_and_open_of_a_fifo_are_misses(fifo_entry: tuple[safecache.Bucket, Path]) -> None:
+    b, _ = fifo_entry
+    assert "k" not in b
+    assert b.open("k") is None
+
+
+def test_put_over_a_fifo_stores_the_value(fifo_entry: tuple[safecache.Bucket, Path]) -> None:
+    b, path = fifo_entry
+    assert b.put("k", b"value")
+    assert b.get("k") == b"value"
+    assert path.is_file()

@@ -26,7 +26,7 @@ import pytest
 
 import safecache
 import safecache.cli
-from safecache import _cli, _maintenance
+from safecache import maintenance
 from safecache.testing import WinError, inject_errors
 
 try:
@@ -138,6 +138,27 @@ def test_dir(tmp_path: Path) -> None:
     assert data == {"path": str(tmp_path / "m"), "source": "the environment variable MYTOOL_CACHE_DIR", "state": "ready"}
 
 
+def test_dir_prints_the_path(tmp_path: Path) -> None:
+    proc = run_cli("dir", env={"SAFECACHE_DIR": str(tmp_path / "x")})
+    assert (proc.returncode, proc.stdout.strip()) == (0, str(tmp_path / "x"))
+
+
+def test_dir_json(tmp_path: Path) -> None:
+    data = json.loads(run_cli("dir", "--json", "--cache-dir", str(tmp_path / "x")).stdout)
+    assert data == {"path": str(tmp_path / "x"), "source": "the --cache-dir option", "state": "ready"}
+
+
+# -- the command itself ------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [[], ["frobnicate"], ["doctor", "--no-such-flag"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    assert run_cli(*args).returncode == 2
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and safecache.__version__ in proc.stdout
+
+
 # -- info -----------------------------------------------------------------------------------
 def test_info_text_is_human_readable(root: Path) -> None:
     proc = run_cli("info", "--cache-dir", str(root))
@@ -243,14 +264,6 @@ def test_bad_sizes_are_usage_errors(tmp_path: Path, value: str) -> None:
                                   ["verify", "--repair=yes"], ["info", "extra"], ["doctor", "--target"]])
 def test_other_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     assert run_cli(*args, "--cache-dir", str(tmp_path)).returncode == 2
-
-
-def test_duration_and_size_parsing() -> None:
-    assert [_cli.parse_duration(t) for t in ("7d", "12h", "30m", "90s", "1h30m", "1.5h", "2w", " 10 S ")] == [
-        7 * 86400, 12 * 3600, 1800, 90, 5400, 5400, 14 * 86400, 10]
-    assert [_cli.parse_size(t) for t in ("500M", "2G", "1.5GiB", "100MB", "1048576", "1k", "2 KiB", "3b")] == [
-        500 * 2**20, 2 * 2**30, int(1.5 * 2**30), 100 * 10**6, 2**20, 1024, 2048, 3]
-    assert _cli.format_size(1536) == "1.5 KiB" and _cli.format_size(10) == "10 B"
 
 
 # -- clean ------------------------------------------------------------------------------------
@@ -464,7 +477,7 @@ def test_tool_cache_commands(tool: Any) -> None:
 def test_tool_cache_help_and_no_command(tool: Any) -> None:
     proc = tool("cache", "--help")
     assert proc.returncode == 0 and "usage: mytool cache" in proc.stdout
-    for name in _cli.COMMANDS:
+    for name in safecache.cli.COMMANDS:
         assert name in proc.stdout
     assert "--app-name" not in tool("cache", "info", "--help").stdout
     proc = tool("cache")
@@ -542,8 +555,8 @@ def test_exit_code_rules(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     cache = safecache.Cache(tmp_path / "c")
 
     def fake(**fields: Any) -> Any:
-        def operation(*args: Any, **kwargs: Any) -> _maintenance.Report:
-            report = _maintenance.Report()
+        def operation(*args: Any, **kwargs: Any) -> maintenance.Report:
+            report = maintenance.Report()
             for name, value in fields.items():
                 setattr(report, name, value)
             return report
@@ -558,14 +571,14 @@ def test_exit_code_rules(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
         ({"problems": [{"bucket": "b/v0", "path": "x", "kind": "entry", "reason": "unreadable", "repaired": False}]}, 1),
     ]
     for fields, expected in cases:
-        monkeypatch.setattr(_maintenance, "prune", fake(**fields))
-        monkeypatch.setattr(_maintenance, "clean", fake(**fields))
+        monkeypatch.setattr(maintenance, "prune", fake(**fields))
+        monkeypatch.setattr(maintenance, "clean", fake(**fields))
         assert safecache.cli.run(["prune"], cache=cache) == expected, fields
         assert safecache.cli.run(["clean", "--yes"], cache=cache) == expected, fields
     repaired = [{"bucket": "b/v0", "path": "x", "kind": "entry", "reason": "bad-checksum", "repaired": True}]
-    monkeypatch.setattr(_maintenance, "verify", fake(problems=repaired))
+    monkeypatch.setattr(maintenance, "verify", fake(problems=repaired))
     assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0
-    monkeypatch.setattr(_maintenance, "verify", fake(problems=repaired, skipped_reason="the cache is read-only: ..."))
+    monkeypatch.setattr(maintenance, "verify", fake(problems=repaired, skipped_reason="the cache is read-only: ..."))
     assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0
     capsys.readouterr()
 

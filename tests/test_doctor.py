@@ -1,5 +1,5 @@
-"""``safecache doctor`` and the command line, through real subprocesses where
-the exit code matters and in-process where a fault must be injected."""
+"""``safecache doctor`` (:mod:`safecache.doctor`), through real subprocesses
+where the exit code matters and in-process where a fault must be injected."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 import safecache
-from safecache import _doctor, _osops, _stats
+from safecache import _fsinfo, _osops, _stats, doctor
 from safecache.testing import WinError, inject_errors, windows_semantics
 
 
@@ -43,7 +43,7 @@ HEALTHY_CHECKS = [
 ]
 
 
-def findings(report: _doctor.Report) -> dict[str, _doctor.Finding]:
+def findings(report: doctor.Report) -> dict[str, doctor.Finding]:
     return {f.name: f for f in report.findings}
 
 
@@ -88,24 +88,24 @@ def test_doctor_where_nothing_can_be_created_exits_1_with_a_remedy(tmp_path: Pat
 def test_doctor_permission_failure_names_the_owner_fix(tmp_path: Path) -> None:
     cache = safecache.Cache(tmp_path / "c")
     with inject_errors(errno.EACCES, ops=("mkdir", "open")):
-        report = _doctor.diagnose(cache)
+        report = doctor.diagnose(cache)
     create = findings(report)["create"]
-    assert not report.healthy and create.status == _doctor.FAIL
+    assert not report.healthy and create.status == doctor.FAIL
     assert "chown" in create.remedy
 
 
 def test_doctor_read_only_file_system(tmp_path: Path) -> None:
     cache = safecache.Cache(tmp_path / "c")
     with inject_errors(errno.EROFS, ops=("mkdir", "open")):
-        report = _doctor.diagnose(cache)
+        report = doctor.diagnose(cache)
     assert "read-only" in findings(report)["create"].remedy
 
 
 def test_doctor_full_disk(tmp_path: Path) -> None:
     cache = safecache.Cache(tmp_path / "c")
     with inject_errors(errno.ENOSPC, ops=("write",)):
-        report = _doctor.diagnose(cache)
-    failed = [f for f in report.findings if f.status == _doctor.FAIL]
+        report = doctor.diagnose(cache)
+    failed = [f for f in report.findings if f.status == doctor.FAIL]
     assert failed and "full" in failed[0].remedy
 
 
@@ -113,9 +113,9 @@ def test_doctor_without_locks_says_compute_once_degrades(tmp_path: Path) -> None
     """uv #9050: a file system without locks."""
     cache = safecache.Cache(tmp_path / "c")
     with inject_errors(errno.ENOLCK, ops=("lock",)):
-        report = _doctor.diagnose(cache)
+        report = doctor.diagnose(cache)
     lock = findings(report)["lock"]
-    assert lock.status == _doctor.FAIL and "locks" in lock.remedy
+    assert lock.status == doctor.FAIL and "locks" in lock.remedy
 
 
 def test_doctor_under_windows_semantics_explains_replace_over_an_open_file(tmp_path: Path) -> None:
@@ -123,18 +123,18 @@ def test_doctor_under_windows_semantics_explains_replace_over_an_open_file(tmp_p
     open fails on Windows; safecache copes, other tools do not."""
     cache = safecache.Cache(tmp_path / "c", retry_budget=0.05)
     with windows_semantics():
-        report = _doctor.diagnose(cache)
+        report = doctor.diagnose(cache)
     replace = findings(report)["replace-open"]
-    assert replace.status == _doctor.WARN and "Windows" in replace.detail
+    assert replace.status == doctor.WARN and "Windows" in replace.detail
     assert report.healthy  # a platform trait safecache handles, not a fault
 
 
 def test_doctor_antivirus_holding_files_is_explained(tmp_path: Path) -> None:
     cache = safecache.Cache(tmp_path / "c", retry_budget=0.05)
     with inject_errors(WinError(32), ops=("unlink",)):
-        report = _doctor.diagnose(cache)
+        report = doctor.diagnose(cache)
     delete = findings(report)["delete"]
-    assert delete.status == _doctor.FAIL and "antivirus" in delete.remedy
+    assert delete.status == doctor.FAIL and "antivirus" in delete.remedy
 
 
 def test_doctor_on_a_disabled_cache(tmp_path: Path) -> None:
@@ -143,50 +143,29 @@ def test_doctor_on_a_disabled_cache(tmp_path: Path) -> None:
     assert "caching is off" in proc.stdout
 
 
-# -- the rest of the command line -------------------------------------------------------
-def test_dir_prints_the_path(tmp_path: Path) -> None:
-    proc = run_cli("dir", env={"SAFECACHE_DIR": str(tmp_path / "x")})
-    assert (proc.returncode, proc.stdout.strip()) == (0, str(tmp_path / "x"))
-
-
-def test_dir_json(tmp_path: Path) -> None:
-    data = json.loads(run_cli("dir", "--json", "--cache-dir", str(tmp_path / "x")).stdout)
-    assert data == {"path": str(tmp_path / "x"), "source": "the --cache-dir option", "state": "ready"}
-
-
-@pytest.mark.parametrize("args", [[], ["frobnicate"], ["doctor", "--no-such-flag"]])
-def test_usage_errors_exit_2(args: list[str]) -> None:
-    assert run_cli(*args).returncode == 2
-
-
-def test_version() -> None:
-    proc = run_cli("--version")
-    assert proc.returncode == 0 and safecache.__version__ in proc.stdout
-
-
 # -- the complete doctor: each new check, with faults injected in-process -----------------------
-def diagnose(path: Path, **kwargs: object) -> _doctor.Report:
-    return _doctor.diagnose(safecache.Cache(path, retry_budget=0.05), **kwargs)  # type: ignore[arg-type]
+def diagnose(path: Path, **kwargs: object) -> doctor.Report:
+    return doctor.diagnose(safecache.Cache(path, retry_budget=0.05), **kwargs)  # type: ignore[arg-type]
 
 
 def test_every_finding_that_is_not_ok_has_a_remedy(tmp_path: Path) -> None:
     with windows_semantics(hardlinks=False):
         report = diagnose(tmp_path / "c")
-    assert [f.name for f in report.findings if f.status != _doctor.OK]  # something to remedy
-    assert all(f.remedy for f in report.findings if f.status != _doctor.OK), report.findings
+    assert [f.name for f in report.findings if f.status != doctor.OK]  # something to remedy
+    assert all(f.remedy for f in report.findings if f.status != doctor.OK), report.findings
 
 
 # locks
 def test_shared_locks_are_checked(tmp_path: Path) -> None:
     shared = findings(diagnose(tmp_path / "c"))["shared-lock"]
-    assert shared.status == _doctor.OK and "exclusive lock out" in shared.detail
+    assert shared.status == doctor.OK and "exclusive lock out" in shared.detail
 
 
 def test_without_locks_both_lock_checks_fail_with_the_remedy(tmp_path: Path) -> None:
     with inject_errors(errno.ENOLCK, ops=("lock",)):
         report = diagnose(tmp_path / "c")
     for name in ("lock", "shared-lock"):
-        assert findings(report)[name].status == _doctor.FAIL
+        assert findings(report)[name].status == doctor.FAIL
         assert "does not support locks" in findings(report)[name].remedy
 
 
@@ -204,12 +183,12 @@ def test_locks_that_do_not_exclude_are_a_failure(tmp_path: Path) -> None:
     _osops.current = _IgnoredLocks()  # restored by conftest's autouse fixture
     report = diagnose(tmp_path / "c")
     shared = findings(report)["shared-lock"]
-    assert shared.status == _doctor.FAIL and "do not exclude" in shared.detail
+    assert shared.status == doctor.FAIL and "do not exclude" in shared.detail
     assert "local disk" in shared.remedy and not report.healthy
 
 
 # link modes
-def links(report: _doctor.Report) -> _doctor.Finding:
+def links(report: doctor.Report) -> doctor.Finding:
     return findings(report)["links"]
 
 
@@ -217,7 +196,7 @@ def test_links_into_a_target_report_every_mode_and_what_auto_picks(tmp_path: Pat
     target = tmp_path / "venv"
     target.mkdir()
     finding = links(diagnose(tmp_path / "c", target=target))
-    assert finding.status == _doctor.OK, finding
+    assert finding.status == doctor.OK, finding
     data = finding.data
     assert data["target"] == str(target) and data["target_source"] == "--target"
     modes = data["modes"]
@@ -237,14 +216,14 @@ def test_links_default_to_the_current_directory(tmp_path: Path) -> None:
 def test_links_fall_back_to_the_cache_when_the_current_directory_is_not_writable(tmp_path: Path) -> None:
     with inject_errors(errno.EACCES, ops=("mkdir",), path_contains=".safecache-doctor"):
         finding = links(diagnose(tmp_path / "c"))
-    assert finding.status == _doctor.OK
+    assert finding.status == doctor.OK
     assert finding.data["target"] == str(tmp_path / "c") and "pass --target" in finding.detail
 
 
 def test_links_into_a_target_this_user_cannot_write(tmp_path: Path) -> None:
     with inject_errors(errno.EACCES, ops=("mkdir",), path_contains=".safecache-doctor"):
         finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == _doctor.WARN and "chown" in finding.remedy
+    assert finding.status == doctor.WARN and "chown" in finding.remedy
 
 
 def test_no_hard_links_fat_windows(tmp_path: Path) -> None:
@@ -252,7 +231,7 @@ def test_no_hard_links_fat_windows(tmp_path: Path) -> None:
     with windows_semantics(hardlinks=False):
         report = diagnose(tmp_path / "c", target=tmp_path)
     finding = links(report)
-    assert finding.status == _doctor.WARN and finding.data["auto"] == "copy"
+    assert finding.status == doctor.WARN and finding.data["auto"] == "copy"
     assert finding.data["modes"]["hardlink"]["works"] is False  # type: ignore[index]
     assert "no hard links" in finding.remedy and "FAT" in finding.remedy
     assert report.healthy  # slower, not broken
@@ -262,14 +241,14 @@ def test_no_hard_links_eperm(tmp_path: Path) -> None:
     """Linux refuses link() with EPERM on vfat."""
     with inject_errors(errno.EPERM, ops=("link",)):
         finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == _doctor.WARN and finding.data["auto"] == "copy"
+    assert finding.status == doctor.WARN and finding.data["auto"] == "copy"
     assert "refuses hard links" in finding.remedy
 
 
 def test_cross_device_target(tmp_path: Path) -> None:
     with inject_errors(errno.EXDEV, ops=("link", "clone"), path_contains=".safecache-doctor"):
         finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == _doctor.WARN and finding.data["auto"] == "copy"
+    assert finding.status == doctor.WARN and finding.data["auto"] == "copy"
     assert "different file systems" in finding.remedy and "SAFECACHE_DIR" in finding.remedy
 
 
@@ -277,7 +256,7 @@ def test_a_full_target_makes_placing_fail(tmp_path: Path) -> None:
     with inject_errors(errno.ENOSPC, ops=("link", "clone", "copyfile", "symlink"), path_contains=".safecache-doctor"):
         report = diagnose(tmp_path / "c", target=tmp_path)
     finding = links(report)
-    assert finding.status == _doctor.FAIL and finding.data["auto"] is None and "full" in finding.remedy
+    assert finding.status == doctor.FAIL and finding.data["auto"] is None and "full" in finding.remedy
     assert not report.healthy
 
 
@@ -285,32 +264,17 @@ def test_a_configured_link_mode_that_does_not_work(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("SAFECACHE_LINK_MODE", "symlink")
     with windows_semantics():  # no symlink privilege
         finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == _doctor.WARN and "SAFECACHE_LINK_MODE=symlink" in finding.detail
+    assert finding.status == doctor.WARN and "SAFECACHE_LINK_MODE=symlink" in finding.detail
     assert "SAFECACHE_LINK_MODE" in finding.remedy
 
 
 def test_an_invalid_link_mode_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFECACHE_LINK_MODE", "teleport")
     finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == _doctor.WARN and finding.data["configured"] == "invalid"
+    assert finding.status == doctor.WARN and finding.data["configured"] == "invalid"
 
 
 # the file system
-def test_mount_lookup_takes_the_longest_mount_point_and_unescapes() -> None:
-    mounts = (
-        "/dev/sda1 / ext4 rw 0 0\n"
-        "server:/export /mnt/nfs nfs4 rw 0 0\n"
-        "//srv/share /mnt/nfs/my\\040share cifs rw 0 0\n"
-        "tmpfs /mnt/nfsx tmpfs rw 0 0\n"
-    )
-    assert _doctor.mount_of("/home/me", mounts) == ("ext4", "/", "/dev/sda1")
-    assert _doctor.mount_of("/mnt/nfs/cache", mounts)[0] == "nfs4"  # type: ignore[index]
-    assert _doctor.mount_of("/mnt/nfs/my share/c", mounts)[:2] == ("cifs", "/mnt/nfs/my share")  # type: ignore[index]
-    assert _doctor.mount_of("/mnt/nfsx/c", mounts)[0] == "tmpfs"  # type: ignore[index]
-    stacked = mounts + "overlay / overlay rw 0 0\n"
-    assert _doctor.mount_of("/home", stacked)[0] == "overlay"  # type: ignore[index]
-
-
 @pytest.mark.parametrize(
     ("fstype", "wsl", "words", "remedy"),
     [
@@ -326,30 +290,30 @@ def test_mount_lookup_takes_the_longest_mount_point_and_unescapes() -> None:
 def test_file_systems_with_caveats(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str, wsl: bool, words: str, remedy: str
 ) -> None:
-    monkeypatch.setattr(_doctor, "_read_mounts", lambda: f"/dev/vda / ext4 rw 0 0\nsrv:/x {tmp_path} {fstype} rw 0 0\n")
-    monkeypatch.setattr(_doctor, "_is_wsl", lambda: wsl)
+    monkeypatch.setattr(_fsinfo, "read_mounts", lambda: f"/dev/vda / ext4 rw 0 0\nsrv:/x {tmp_path} {fstype} rw 0 0\n")
+    monkeypatch.setattr(_fsinfo, "is_wsl", lambda: wsl)
     finding = findings(diagnose(tmp_path / "c"))["filesystem"]
-    assert finding.status == _doctor.WARN and words in finding.detail and remedy in finding.remedy
+    assert finding.status == doctor.WARN and words in finding.detail and remedy in finding.remedy
     assert finding.data["type"] == fstype and finding.data["mount_point"] == str(tmp_path)
 
 
 def test_a_plain_local_file_system_is_ok(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_doctor, "_read_mounts", lambda: "/dev/vda / ext4 rw 0 0\n")
+    monkeypatch.setattr(_fsinfo, "read_mounts", lambda: "/dev/vda / ext4 rw 0 0\n")
     finding = findings(diagnose(tmp_path / "c"))["filesystem"]
-    assert (finding.status, finding.data["type"], finding.data["mount_point"]) == (_doctor.OK, "ext4", "/")
+    assert (finding.status, finding.data["type"], finding.data["mount_point"]) == (doctor.OK, "ext4", "/")
 
 
 def test_an_unknown_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_doctor, "_read_mounts", lambda: None)
+    monkeypatch.setattr(_fsinfo, "read_mounts", lambda: None)
     finding = findings(diagnose(tmp_path / "c"))["filesystem"]
-    assert (finding.status, finding.data["type"]) == (_doctor.OK, "unknown")
+    assert (finding.status, finding.data["type"]) == (doctor.OK, "unknown")
 
 
 # free space
 def test_free_space_below_what_the_cache_may_grow_by(tmp_path: Path) -> None:
-    report = _doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=2**62))
+    report = doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=2**62))
     finding = findings(report)["free-space"]
-    assert finding.status == _doctor.WARN and "fills before" in finding.detail
+    assert finding.status == doctor.WARN and "fills before" in finding.detail
     assert "max_size" in finding.remedy and finding.data["max_size"] == 2**62
     assert report.healthy
 
@@ -359,27 +323,27 @@ def test_free_space_counts_what_the_cache_already_holds(tmp_path: Path, monkeypa
     with safecache.Cache(root) as c:
         c.bucket("b").put("k", b"x" * 1000)
     size = 48 + 1000
-    monkeypatch.setattr(_doctor, "_disk_usage", lambda path: (10**9, 10**9 - 100, 100))
-    enough = findings(_doctor.diagnose(safecache.Cache(root, max_size=size + 50)))["free-space"]
-    assert enough.status == _doctor.OK and enough.data["size"] == size
-    short = findings(_doctor.diagnose(safecache.Cache(root, max_size=size + 500)))["free-space"]
-    assert short.status == _doctor.WARN
+    monkeypatch.setattr(_fsinfo, "disk_usage", lambda path: (10**9, 10**9 - 100, 100))
+    enough = findings(doctor.diagnose(safecache.Cache(root, max_size=size + 50)))["free-space"]
+    assert enough.status == doctor.OK and enough.data["size"] == size
+    short = findings(doctor.diagnose(safecache.Cache(root, max_size=size + 500)))["free-space"]
+    assert short.status == doctor.WARN
 
 
 def test_free_space_without_a_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert findings(_doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=None)))["free-space"].status == _doctor.OK
-    monkeypatch.setattr(_doctor, "_disk_usage", lambda path: (10**12, 10**12 - 10, 10))
-    full = findings(_doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=None)))["free-space"]
-    assert full.status == _doctor.WARN and "no size limit" in full.detail
+    assert findings(doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=None)))["free-space"].status == doctor.OK
+    monkeypatch.setattr(_fsinfo, "disk_usage", lambda path: (10**12, 10**12 - 10, 10))
+    full = findings(doctor.diagnose(safecache.Cache(tmp_path / "c", max_size=None)))["free-space"]
+    assert full.status == doctor.WARN and "no size limit" in full.detail
 
 
 def test_full_disk_is_named_by_create_and_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_doctor, "_disk_usage", lambda path: (10**9, 10**9, 0))
+    monkeypatch.setattr(_fsinfo, "disk_usage", lambda path: (10**9, 10**9, 0))
     with inject_errors(errno.ENOSPC, ops=("write",)):
         report = diagnose(tmp_path / "c")
     found = findings(report)
-    assert found["create"].status == _doctor.FAIL and "full" in found["create"].remedy
-    assert found["free-space"].status == _doctor.WARN
+    assert found["create"].status == doctor.FAIL and "full" in found["create"].remedy
+    assert found["free-space"].status == doctor.WARN
 
 
 # markers
@@ -388,7 +352,7 @@ def test_a_missing_marker_is_recreated(tmp_path: Path) -> None:
     safecache.Cache(root).bucket("b").put("k", b"v")
     (root / ".gitignore").unlink()
     finding = findings(diagnose(root))["markers"]
-    assert finding.status == _doctor.OK and "created the missing .gitignore" in finding.detail
+    assert finding.status == doctor.OK and "created the missing .gitignore" in finding.detail
     assert (root / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
@@ -398,7 +362,7 @@ def test_a_wrong_marker_is_named_with_its_remedy(tmp_path: Path) -> None:
     (root / "CACHEDIR.TAG").write_text("not a tag\n")
     (root / ".gitignore").write_text("build/\n")
     finding = findings(diagnose(root))["markers"]
-    assert finding.status == _doctor.WARN
+    assert finding.status == doctor.WARN
     assert "CACHEDIR.TAG is wrong" in finding.detail and ".gitignore is wrong" in finding.detail
     assert "remove" in finding.remedy and str(root / "CACHEDIR.TAG") in finding.remedy
     assert finding.data["markers"] == {"CACHEDIR.TAG": "wrong", ".gitignore": "wrong", "README": "ok"}
@@ -426,7 +390,7 @@ def test_stale_temp_files_and_staging_trees(tmp_path: Path) -> None:
     (objects / "4567.del-ab").mkdir()
     _age(objects / "4567.del-ab", 3 * 3600)
     finding = findings(diagnose(root))["stale-temp"]
-    assert finding.status == _doctor.WARN
+    assert finding.status == doctor.WARN
     assert finding.data == {"temp_files": 3, "temp_bytes": 300, "staging_trees": 2, "complete": True}
     assert "`safecache prune`" in finding.remedy
 
@@ -436,13 +400,13 @@ def test_remedies_name_the_embedding_tools_command(tmp_path: Path) -> None:
     (root / "buckets").mkdir(parents=True)
     (root / "buckets" / "x.1-1.tmp").write_bytes(b"")
     _age(root / "buckets" / "x.1-1.tmp", 7200)
-    report = _doctor.diagnose(safecache.Cache(root), prog="mytool cache")
+    report = doctor.diagnose(safecache.Cache(root), prog="mytool cache")
     assert "`mytool cache prune`" in findings(report)["stale-temp"].remedy
 
 
 def test_no_leftovers(tmp_path: Path) -> None:
     finding = findings(diagnose(tmp_path / "c"))["stale-temp"]
-    assert finding.status == _doctor.OK and finding.data["temp_files"] == 0
+    assert finding.status == doctor.OK and finding.data["temp_files"] == 0
 
 
 # the counters' error causes
@@ -457,7 +421,7 @@ def test_error_causes_from_the_counters(tmp_path: Path) -> None:
             bucket.put("denied", b"v")
     assert _stats.read_totals(str(root))["lint/v3"]["errors"] == {"busy": 12, "permission": 1}
     finding = findings(diagnose(root))["errors"]
-    assert finding.status == _doctor.WARN
+    assert finding.status == doctor.WARN
     assert "busy: 12 — files held open by another process (antivirus?" in finding.detail
     assert "permission: 1" in finding.detail
     assert "real-time scanning" in finding.remedy and "chown" in finding.remedy
@@ -470,7 +434,7 @@ def test_no_errors_recorded(tmp_path: Path) -> None:
     with safecache.Cache(root) as cache:
         cache.bucket("lint").put("k", b"v")
     finding = findings(diagnose(root))["errors"]
-    assert finding.status == _doctor.OK and finding.data["by_cause"] == {}
+    assert finding.status == doctor.OK and finding.data["by_cause"] == {}
 
 
 # the command line's side of it
@@ -489,7 +453,7 @@ def test_doctor_on_an_unwritable_cache_still_runs_the_read_only_checks(tmp_path:
     with inject_errors(errno.EACCES, ops=("mkdir",), path_contains=str(root)):
         report = diagnose(root)
     names = [f.name for f in report.findings]
-    assert findings(report)["create"].status == _doctor.FAIL
+    assert findings(report)["create"].status == doctor.FAIL
     assert {"read", "markers", "free-space", "stale-temp", "errors"} <= set(names)
 
 
@@ -500,7 +464,7 @@ def test_links_on_a_reflink_file_system_auto_clones(reflink_dir: Path) -> None:
     work = Path(tempfile.mkdtemp(dir=reflink_dir))
     (work / "target").mkdir()
     finding = links(diagnose(work / "c", target=work / "target"))
-    assert finding.status == _doctor.OK and finding.data["auto"] == "clone", finding
+    assert finding.status == doctor.OK and finding.data["auto"] == "clone", finding
     assert finding.data["modes"]["clone"]["works"] is True  # type: ignore[index]
 
 
@@ -525,6 +489,6 @@ def test_links_to_another_device_fall_back_to_copy(tmp_path: Path, other_device:
     if os.stat(tmp_path).st_dev == os.stat(other_device).st_dev:
         pytest.skip("the tmpfs is not another device")
     finding = links(diagnose(tmp_path / "c", target=other_device))
-    assert finding.status == _doctor.WARN and finding.data["auto"] == "copy", finding
+    assert finding.status == doctor.WARN and finding.data["auto"] == "copy", finding
     assert "EXDEV" in finding.data["modes"]["hardlink"]["error"]  # type: ignore[index]
     assert "different file systems" in finding.remedy

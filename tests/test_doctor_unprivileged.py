@@ -44,7 +44,7 @@ out["report"] = json.loads(proc.stdout) if proc.stdout.strip() else None
 """
     return f"""
 import contextlib, errno, io
-from safecache import _cli, _doctor, testing
+from safecache import _cli, _fsinfo, testing
 {setup}
 buffer = io.StringIO()
 with {wrap}:
@@ -163,7 +163,7 @@ def test_no_hard_links(unprivileged: Any, wrap: str, remedy: str) -> None:
 # -- 4. a full disk -------------------------------------------------------------------------------
 def test_full_disk_injected(unprivileged: Any) -> None:
     root = owned_dir(unprivileged, "home") / "cache"
-    setup = "_doctor._disk_usage = lambda path: (10**9, 10**9, 0)  # and the disk says so"
+    setup = "_fsinfo.disk_usage = lambda path: (10**9, 10**9, 0)  # and the disk says so"
     report = run_case(unprivileged, doctor_body(wrap="testing.inject_errors(errno.ENOSPC, ops=('write',))", setup=setup), root)
     findings = doctor_findings(report)
     assert report["returncode"] == 1

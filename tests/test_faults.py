@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 import safecache
-from safecache.testing import WinError, inject_errors
+from safecache.testing import STATUS_ACCESS_DENIED, WinError, inject_errors
 
 ERRORS: dict[str, object] = {
     "EACCES": errno.EACCES,
@@ -230,13 +230,15 @@ def test_a_permanent_error_is_not_retried(tmp_path: Path) -> None:
 
 
 def test_access_denied_on_open_is_not_retried(tmp_path: Path) -> None:
-    """A WinError 5 from opening a file is a real ACL denial (uv #11409's
-    root): retrying it would add the whole budget to every operation."""
+    """A WinError 5 from opening a file whose NT status says "access denied"
+    is a real ACL denial (uv #11409's root): retrying it would add the whole
+    budget to every operation.  (A 5 whose status says "delete pending", or
+    says nothing, is retried on reads: tests/test_windows_reads.py.)"""
     bucket = safecache.Cache(tmp_path / "c", retry_budget=5.0).bucket("m")
     bucket.put("k", OLD)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with inject_errors(WinError(5), ops=("open",)) as faults:
+        with inject_errors(WinError(5, ntstatus=STATUS_ACCESS_DENIED), ops=("open",)) as faults:
             assert bucket.get("k") is None
     assert faults.fired == 1
 

@@ -134,3 +134,15 @@ def test_makedirs_tolerates_racing_creators(tmp_path: Path) -> None:
     _fs.makedirs(target)
     _fs.makedirs(target)
     assert os.path.isdir(target)
+
+
+# -- odd files: a FIFO, a directory where a file should be ------------------------------------
+def test_read_file_of_a_fifo_returns_at_once_as_absent(tmp_path: Path) -> None:
+    fifo = tmp_path / "entry"
+    os.mkfifo(fifo)
+    assert _fs.read_file(str(fifo)) is None
+
+
+def test_read_file_of_a_directory_is_absent(tmp_path: Path) -> None:
+    (tmp_path / "entry").mkdir()
+    assert _fs.read_file(str(tmp_path / "entry")) is None

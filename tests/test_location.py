@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,24 +92,109 @@ def test_root_that_is_a_file_raises_in_strict_mode(tmp_path: Path) -> None:
         safecache.Cache(tmp_path / "file", strict=True)
 
 
-def test_root_owned_by_another_user_is_read_only_for_root(tmp_path: Path) -> None:
-    """pip #7488: as root (sudo without -H), writing into a user's cache would
-    leave root-owned files there; the cache serves hits but writes nothing."""
+def _give_to_nobody(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        os.chown(dirpath, 65534, 65534)
+        for name in files:
+            os.chown(os.path.join(dirpath, name), 65534, 65534)
+
+
+def test_root_owned_by_another_user_is_not_used_by_root(tmp_path: Path) -> None:
+    """pip #7488, applied fully: a cache owned by someone else may hold that
+    user's bytes (or an attacker's); root reaching it (sudo without -H) does
+    not serve it and does not write into it."""
     if os.geteuid() != 0:
         pytest.skip("the rule is about running as root")
     root = tmp_path / "usercache"
     c = safecache.Cache(root)
     c.bucket("b").put("k", b"v")
-    for dirpath, _dirs, files in os.walk(root):
-        os.chown(dirpath, 65534, 65534)
-        for name in files:
-            os.chown(os.path.join(dirpath, name), 65534, 65534)
-    with pytest.warns(safecache.CacheWarning, match="owned by uid 65534"):
+    _give_to_nobody(root)
+    with pytest.warns(safecache.CacheWarning, match=r"owned by .*uid 65534") as caught:
         c2 = safecache.Cache(root)
-    assert c2.state == "read-only"
-    assert c2.bucket("b").get("k") == b"v"
+    assert c2.state == "disabled"
+    assert c2.bucket("b").get("k") is None
     assert c2.bucket("b").put("k2", b"v") is False
-    assert not any(p.stat().st_uid == 0 for p in root.rglob("*"))
+    message = str(caught[0].message)
+    assert "sudo -H" in message and "chown -R 0" not in message
+    assert not list(root.rglob("*k2*"))
+
+
+def test_shared_mode_uses_a_cache_other_users_wrote(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs a directory owned by another user")
+    root = tmp_path / "team"
+    safecache.Cache(root).bucket("b").put("k", b"v")
+    _give_to_nobody(root)
+    c = safecache.Cache(root, shared=True)
+    assert c.state == "ready"
+    assert c.bucket("b").get("k") == b"v"
+
+
+def test_shared_mode_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFECACHE_SHARED", "1")
+    assert safecache.Cache(tmp_path / "c").shared is True
+    monkeypatch.delenv("SAFECACHE_SHARED")
+    monkeypatch.setenv("MYTOOL_CACHE_SHARED", "yes")
+    assert safecache.Cache(tmp_path / "c", app_name="mytool").shared is True
+    assert safecache.Cache(tmp_path / "c").shared is False
+
+
+def test_root_does_not_create_a_missing_root_inside_another_users_directory(tmp_path: Path) -> None:
+    """sudo without -H: creating ~user/.cache/mytool as root would leave the
+    user read-only in their own cache for good."""
+    if os.geteuid() != 0:
+        pytest.skip("the rule is about running as root")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    with pytest.warns(safecache.CacheWarning, match="sudo -H"):
+        c = safecache.Cache(home / ".cache" / "mytool")
+    assert c.state == "disabled"
+    assert c.bucket("b").put("k", b"v") is False
+    assert not (home / ".cache").exists()
+
+
+def test_a_missing_root_may_be_created_in_a_sticky_directory(tmp_path: Path) -> None:
+    shared_tmp = tmp_path / "tmp"
+    shared_tmp.mkdir()
+    shared_tmp.chmod(0o1777)
+    if os.geteuid() == 0:
+        os.chown(shared_tmp, 65534, 65534)
+    c = safecache.Cache(shared_tmp / "mine")
+    assert c.state == "ready" and c.bucket("b").put("k", b"v")
+
+
+@pytest.mark.parametrize("where", ["buckets", "buckets/b", "buckets/b/v0", "locks/b"])
+def test_a_symlink_planted_for_a_cache_directory_is_never_followed(tmp_path: Path, where: str) -> None:
+    root = tmp_path / "cache"
+    safecache.Cache(root).bucket("other").put("k", b"v")
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    planted = root / where
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    if planted.exists():
+        shutil.rmtree(planted)
+    planted.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.warns(safecache.CacheWarning, match="symbolic link"):
+        c = safecache.Cache(root)
+        b = c.bucket("b")
+        assert b.put("k", b"v") is False
+        assert b.get_or_create("k", lambda: b"made") == b"made"
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_directory_owned_by_another_user_inside_the_root_is_not_used(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs a directory owned by another user")
+    root = tmp_path / "cache"
+    safecache.Cache(root).bucket("b").put("k", b"v")
+    os.chown(root / "buckets" / "b", 65534, 65534)
+    with pytest.warns(safecache.CacheWarning, match="owned by"):
+        b = safecache.Cache(root).bucket("b")
+        assert b.get("k") is None
+        assert b.put("k", b"w") is False
+    with pytest.raises(safecache.CachePermissionError):
+        safecache.Cache(root, strict=True).bucket("b")
 
 
 def test_many_processes_creating_the_root_at_once(tmp_path: Path) -> None:
@@ -134,3 +220,22 @@ def test_markers_written_concurrently_are_complete(tmp_path: Path) -> None:
     for _ in range(3):
         _location.write_markers(str(tmp_path / "m"), "tool")
     assert (tmp_path / "m" / "CACHEDIR.TAG").read_text() == _location.CACHEDIR_TAG
+
+
+def test_nothing_created_is_writable_by_others_even_under_umask_0(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        c = safecache.Cache(tmp_path / "cache")
+        b = c.bucket("b")
+        b.put("small", b"v")
+        b.put_stream("large", [b"x" * 100_000])
+        b.get_or_create("computed", lambda: b"v")
+        c.close()
+    finally:
+        os.umask(old)
+    loose = [
+        (str(p), oct(p.lstat().st_mode))
+        for p in [tmp_path / "cache", *(tmp_path / "cache").rglob("*")]
+        if p.lstat().st_mode & 0o022
+    ]
+    assert not loose

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -63,3 +64,91 @@ def test_acquiring_twice_on_one_object_is_a_programming_error(tmp_path: Path) ->
     with lock:
         with pytest.raises(RuntimeError):
             lock.acquire()
+
+
+# -- compute once ---------------------------------------------------------------------------------
+def _no_failure(exc: OSError, path: str) -> None:
+    raise AssertionError(f"the lock should have been taken: {exc}")
+
+
+def test_compute_once_creates_under_the_lock_when_the_value_is_still_missing(tmp_path: Path) -> None:
+    path = str(tmp_path / "locks" / "k.lock")
+    seen = []
+
+    def create() -> bytes:
+        with pytest.raises(safecache.LockTimeoutError):  # held while creating
+            _locks.FileLock(path, timeout=0.01).acquire()
+        seen.append("create")
+        return b"made"
+
+    got = _locks.compute_once(path, timeout=5, lookup=lambda: seen.append("lookup"), create=create, lock_failed=_no_failure)
+    assert got == b"made" and seen == ["lookup", "create"]
+    with _locks.FileLock(path, timeout=0.01):  # released afterwards
+        pass
+
+
+def test_compute_once_returns_what_the_process_it_waited_for_stored(tmp_path: Path) -> None:
+    def create() -> bytes:
+        raise AssertionError("the value was there once the lock was taken")
+
+    got = _locks.compute_once(
+        str(tmp_path / "k.lock"), timeout=5, lookup=lambda: b"stored", create=create, lock_failed=_no_failure
+    )
+    assert got == b"stored"
+
+
+def test_compute_once_goes_on_without_a_lock_it_cannot_take_and_reports_why(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.lock")
+    failures: list[tuple[type[BaseException], str]] = []
+    with _locks.FileLock(path):
+        got = _locks.compute_once(
+            path,
+            timeout=0.05,
+            lookup=lambda: pytest.fail("no second look without the lock"),
+            create=lambda: b"made anyway",
+            lock_failed=lambda exc, where: failures.append((type(exc), where)),
+        )
+    assert got == b"made anyway" and failures == [(safecache.LockTimeoutError, path)]
+
+
+def test_compute_once_on_a_file_system_without_locks_reports_and_creates(tmp_path: Path) -> None:
+    from safecache.testing import inject_errors
+
+    codes: list[int | None] = []
+    with inject_errors(errno.ENOLCK, ops=("lock",)):
+        got = _locks.compute_once(
+            str(tmp_path / "k.lock"), timeout=5, lookup=lambda: None, create=lambda: 1,
+            lock_failed=lambda exc, where: codes.append(exc.errno),
+        )
+    assert got == 1 and codes == [errno.ENOLCK]
+
+
+def test_compute_once_propagates_a_policy_that_raises(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.lock")
+
+    def strict(exc: OSError, where: str) -> None:
+        raise exc
+
+    with _locks.FileLock(path):
+        with pytest.raises(safecache.LockTimeoutError):
+            _locks.compute_once(path, timeout=0.01, lookup=lambda: None, create=lambda: pytest.fail("ran"), lock_failed=strict)
+
+
+def test_compute_once_releases_the_lock_when_create_raises(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.lock")
+
+    def create() -> bytes:
+        raise RuntimeError("factory failed")
+
+    with pytest.raises(RuntimeError):
+        _locks.compute_once(path, timeout=5, lookup=lambda: None, create=create, lock_failed=_no_failure)
+    with _locks.FileLock(path, timeout=0.01):
+        pass
+
+
+def test_compute_once_without_a_lock_path_creates_at_once(tmp_path: Path) -> None:
+    got = _locks.compute_once(
+        None, timeout=5, lookup=lambda: pytest.fail("no lock, no second look"), create=lambda: b"made",
+        lock_failed=_no_failure,
+    )
+    assert got == b"made" and list(tmp_path.iterdir()) == []

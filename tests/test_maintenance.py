@@ -1,4 +1,4 @@
-"""Maintenance: trim, prune, clean, verify and info (safecache._maintenance).
+"""Maintenance: trim, prune, clean, verify and info (safecache.maintenance).
 
 Ages are set with os.utime, never waited for.  The tests that say "while N
 processes use the cache" run real forked processes that get and put for a
@@ -23,7 +23,7 @@ import _workers
 import pytest
 
 import safecache
-from safecache import _locks, _maintenance, _stats
+from safecache import _locks, _stats, _trim, maintenance
 from safecache._location import READ_ONLY
 from safecache.testing import holding, inject_errors, windows_semantics
 
@@ -282,7 +282,7 @@ def test_trim_under_load_ends_under_the_limit_and_keeps_recently_used_entries(
             os.utime(paths[i])  # what a hit does to an entry last used over an hour ago
         cache = safecache.Cache(root, max_size=limit, auto_trim=False)
         with windows_semantics() if windows is not None else _nothing():
-            report = _maintenance.trim(cache)
+            report = maintenance.trim(cache)
         results = users.results()
     problems = [p for r in results for p in r["problems"]]
     assert problems == [], "\n\n".join(problems)
@@ -303,7 +303,7 @@ def test_trim_removes_least_recently_used_first_down_to_90_percent(cache: safeca
     for i, path in enumerate(paths):
         age(path, DAY - i)  # distinct seconds: an exact order
     limit = 60_000
-    report = _maintenance.trim(cache, max_size=limit)
+    report = maintenance.trim(cache, max_size=limit)
     kept = [i for i, p in enumerate(paths) if os.path.exists(p)]
     # Oldest first until at most 90 % of the limit remains.
     expected = 0
@@ -322,7 +322,7 @@ def test_trim_counts_a_tree_as_one_unit_by_its_pointer_use_time(cache: safecache
     for k in keys:
         age(path_of(cache, k), HOUR)
     age(_pointer_path(bucket, "old"), 2 * DAY)
-    report = _maintenance.trim(cache, max_size=walk_size(root) - 1)
+    report = maintenance.trim(cache, max_size=walk_size(root) - 1)
     # The old tree was used before every entry: it goes first, whole.
     assert report.removed_trees == 1 and 0 < report.removed_entries < 5
     assert bucket.trees.get("old") is None and not os.path.exists(old_tree.path)
@@ -346,7 +346,7 @@ def test_age_limit_removes_entries_and_trees_not_used_for_max_age(root: Path) ->
         for k in keys[5:]:
             age(path_of(cache, k), 4 * DAY)
         age(_pointer_path(bucket, "stale"), 6 * DAY)
-        report = _maintenance.trim(cache)
+        report = maintenance.trim(cache)
         assert report.removed_entries == 5 and report.removed_trees == 1
         assert [bucket.get(k) is not None for k in keys] == [False] * 5 + [True] * 5
         assert bucket.trees.get("stale") is None
@@ -360,11 +360,11 @@ def test_a_tree_in_use_by_another_process_is_kept_then_removed_once_released(
     tree = bucket.trees.get_or_create("held", fill)
     age(_pointer_path(bucket, "held"), 60 * DAY)
     with Holder(_hold_tree, str(root), "data", "held"):
-        report = _maintenance.trim(cache)
+        report = maintenance.trim(cache)
         assert report.kept_in_use == 1 and report.removed_trees == 0
         assert os.path.isdir(tree.path)
         assert bucket.trees.get("held") is not None  # the pointer stays with its tree
-    report = _maintenance.trim(cache)
+    report = maintenance.trim(cache)
     assert report.removed_trees == 1 and report.kept_in_use == 0
     assert not os.path.exists(tree.path)
     lock_dir = root / "locks" / "data" / "v1" / "tree-objects"
@@ -412,7 +412,7 @@ def test_leftovers_of_dead_processes_are_removed_and_young_ones_kept(cache: safe
     orphan_lock.touch()
     age(orphan_lock, 2 * HOUR)
 
-    report = _maintenance.trim(cache, max_age=None, max_size=None)
+    report = maintenance.trim(cache, max_age=None, max_size=None)
     assert not old_temp.exists() and young_temp.exists()
     assert not old_staging.exists() and young_staging.exists()
     assert not doomed.exists()
@@ -435,14 +435,14 @@ def test_pointers_no_reader_would_use_are_removed(cache: safecache.Cache) -> Non
     shutil.rmtree(dangling.path)  # its directory is gone
     with open(_pointer_path(bucket, "corrupt"), "r+b") as f:
         f.truncate(60)
-    report = _maintenance.verify(cache)
+    report = maintenance.verify(cache)
     assert sorted(p["reason"] for p in report.problems) == ["pointer: wrong-length", "tree directory missing"]
-    report = _maintenance.trim(cache)
+    report = maintenance.trim(cache)
     assert report.removed_entries == 2 and report.removed_trees == 0
     assert not os.path.exists(_pointer_path(bucket, "dangling"))
     assert not os.path.exists(_pointer_path(bucket, "corrupt"))
     assert bucket.trees.get("good") is not None
-    assert _maintenance.verify(cache).problems == []
+    assert maintenance.verify(cache).problems == []
 
 
 def test_a_staging_tree_pinned_by_its_builder_is_kept_however_old(cache: safecache.Cache, root: Path) -> None:
@@ -453,9 +453,9 @@ def test_a_staging_tree_pinned_by_its_builder_is_kept_however_old(cache: safecac
     age_tree(staging, 5 * HOUR)
     lock = str(root / "locks" / "data" / "v1" / "tree-objects" / f"{tree_id}.lock")
     with Holder(_hold_lock, lock):
-        _maintenance.trim(cache)
+        maintenance.trim(cache)
         assert staging.exists()
-    _maintenance.trim(cache)
+    maintenance.trim(cache)
     assert not staging.exists()
 
 
@@ -465,17 +465,17 @@ def test_one_trimmer_at_a_time_others_do_not_wait(cache: safecache.Cache, root: 
         age(path_of(cache, k), 60 * DAY)
     with Holder(_hold_lock, str(root / "locks" / "trim.lock")):
         started = time.monotonic()
-        report = _maintenance.trim(cache)
+        report = maintenance.trim(cache)
         assert time.monotonic() - started < 5
         assert report.skipped_reason == "another process is trimming"
         assert report.removed_entries == 0
         cache.bucket("data", 1).put("written", b"by this process")
         (root / "stats").mkdir(exist_ok=True)
         (root / "stats" / "trim").write_text(f"{time.time() - 2 * DAY:.0f}\n")
-        assert _maintenance.maybe_trim(cache) is not None  # due, but skipped too
-        pruned = _maintenance.prune(cache, older_than=DAY, timeout=0.2)
+        assert maintenance.maybe_trim(cache) is not None  # due, but skipped too
+        pruned = maintenance.prune(cache, older_than=DAY, timeout=0.2)
         assert pruned.skipped_reason == "another process is trimming"
-        forced = _maintenance.prune(cache, older_than=DAY, force=True)
+        forced = maintenance.prune(cache, older_than=DAY, force=True)
         assert forced.skipped_reason == "" and forced.removed_entries == 10
 
 
@@ -483,34 +483,34 @@ def test_maybe_trim_runs_at_most_once_per_interval_unless_over_the_limit(root: P
     with safecache.Cache(root, auto_trim=False) as c:
         populate(c, 50)
     cache = safecache.Cache(root, max_size=10**9, trim_interval=DAY, auto_trim=False)
-    assert _maintenance.maybe_trim(cache) is None  # this process only read: it leaves the cache alone
+    assert maintenance.maybe_trim(cache) is None  # this process only read: it leaves the cache alone
     assert not (root / "stats" / "trim").exists()
     cache.bucket("data", 1).put("written", b"by this process")
     # Never trimmed: the interval starts now (a young cache has nothing to age out).
-    assert _maintenance.maybe_trim(cache) is None
+    assert maintenance.maybe_trim(cache) is None
     stamp = root / "stats" / "trim"
     assert abs(float(stamp.read_text()) - time.time()) < 60
-    assert _maintenance.info(cache)["last_trim"] is not None
+    assert maintenance.info(cache)["last_trim"] is not None
     stamp.write_text(f"{time.time() - 2 * DAY:.0f}\n")
-    first = _maintenance.maybe_trim(cache)
+    first = maintenance.maybe_trim(cache)
     assert first is not None and first.skipped_reason == ""  # the interval has passed
-    assert _maintenance.maybe_trim(cache) is None  # trimmed just now, and under the limit
+    assert maintenance.maybe_trim(cache) is None  # trimmed just now, and under the limit
 
     stamp.write_text(f"{time.time() + 30 * DAY:.0f}\n")
-    assert _maintenance.maybe_trim(cache) is not None  # a stamp in the future: the clock jumped
+    assert maintenance.maybe_trim(cache) is not None  # a stamp in the future: the clock jumped
     stamp.write_text("garbage")
-    assert _maintenance.maybe_trim(cache) is not None  # unreadable: trim
-    assert _maintenance.maybe_trim(cache) is None
+    assert maintenance.maybe_trim(cache) is not None  # unreadable: trim
+    assert maintenance.maybe_trim(cache) is None
 
     small = safecache.Cache(root, max_size=20_000, trim_interval=DAY, auto_trim=False)
     small.bucket("data", 1).put("written", b"by this process")
-    assert _maintenance.maybe_trim(small) is None  # over the limit, but trimmed seconds ago
-    stamp.write_text(f"{time.time() - 2 * _maintenance.OVER_LIMIT_SPACING:.0f}\n")
-    assert _maintenance.maybe_trim(cache) is None  # recent, and under its limit
-    report = _maintenance.maybe_trim(small)  # recent, but the counters say over the limit
+    assert maintenance.maybe_trim(small) is None  # over the limit, but trimmed seconds ago
+    stamp.write_text(f"{time.time() - 2 * _trim.OVER_LIMIT_SPACING:.0f}\n")
+    assert maintenance.maybe_trim(cache) is None  # recent, and under its limit
+    report = maintenance.maybe_trim(small)  # recent, but the counters say over the limit
     assert report is not None and report.removed_entries > 0
     assert walk_size(root) <= 18_000
-    assert _maintenance.maybe_trim(small) is None
+    assert maintenance.maybe_trim(small) is None
 
 
 def test_a_never_trimmed_cache_over_its_limit_is_trimmed_at_once(root: Path) -> None:
@@ -518,16 +518,16 @@ def test_a_never_trimmed_cache_over_its_limit_is_trimmed_at_once(root: Path) -> 
         populate(c, 50)
     cache = safecache.Cache(root, max_size=20_000, auto_trim=False)
     cache.bucket("data", 1).put("written", b"by this process")
-    report = _maintenance.maybe_trim(cache)
+    report = maintenance.maybe_trim(cache)
     assert report is not None and report.removed_entries > 0 and walk_size(root) <= 18_000
 
 
 def test_maybe_trim_does_nothing_for_a_cache_that_holds_nothing(root: Path) -> None:
     cache = safecache.Cache(root, auto_trim=False)
     assert cache.bucket("data", 1).get("nothing") is None
-    assert _maintenance.maybe_trim(cache) is None
+    assert maintenance.maybe_trim(cache) is None
     assert not root.exists()  # and wrote nothing
-    assert _maintenance.trim(cache).removed_entries == 0
+    assert maintenance.trim(cache).removed_entries == 0
     assert not root.exists()
 
 
@@ -541,9 +541,9 @@ def test_sizes_in_the_counters_are_exact_after_a_trim(root: Path) -> None:
             os.unlink(path_of(c, k))
     _stats.flush(str(root), {"data/v1": {"size": 12345, "entries": 3}})
     cache = safecache.Cache(root, auto_trim=False)
-    _maintenance.trim(cache, max_age=None, max_size=None)
+    maintenance.trim(cache, max_age=None, max_size=None)
     assert totals_size(root) == (walk_size(root), len(entry_files(root)))
-    info = _maintenance.info(cache)
+    info = maintenance.info(cache)
     assert info["size"] == walk_size(root) and info["entries"] == 33 + 10
 
 
@@ -556,7 +556,7 @@ def test_info_reads_the_counters_and_never_walks_entries(cache: safecache.Cache,
     cache.flush()
     bucket.get("missing-too")  # not flushed: info adds this process's counters
     with inject_errors(errno.EIO, ops=("scandir",), path_contains=os.sep + "nowhere" + os.sep) as faults:
-        info = _maintenance.info(cache)
+        info = maintenance.info(cache)
     assert not [c for c in faults.calls if c.op in ("scandir", "listdir")]
     assert not [c for c in faults.calls if c.path and os.sep + "buckets" + os.sep in c.path]
     row = info["buckets"]["data/v1"]  # type: ignore[index]
@@ -577,10 +577,10 @@ def test_trim_permission_error_is_a_warning_in_lenient_mode(root: Path) -> None:
         inject_errors(errno.EACCES, ops=("unlink",), path_contains=os.sep + "buckets" + os.sep),
         pytest.warns(safecache.CacheWarning, match="permission"),
     ):
-        report = _maintenance.trim(cache)
+        report = maintenance.trim(cache)
     assert report.removed_entries == 0
     assert len(entry_files(root)) == 5
-    errors = _maintenance.info(cache)["buckets"]["data/v1"]["errors"]  # type: ignore[index]
+    errors = maintenance.info(cache)["buckets"]["data/v1"]["errors"]  # type: ignore[index]
     assert errors == {"permission": 5}
 
 
@@ -594,9 +594,9 @@ def test_trim_permission_error_raises_in_strict_mode(root: Path) -> None:
         inject_errors(errno.EACCES, ops=("unlink",), path_contains=os.sep + "buckets" + os.sep),
         pytest.raises(safecache.CachePermissionError),
     ):
-        _maintenance.trim(cache)
+        maintenance.trim(cache)
     # The trim lock was released: the next trim runs.
-    assert _maintenance.trim(cache).removed_entries == 5
+    assert maintenance.trim(cache).removed_entries == 5
 
 
 def test_files_vanishing_under_a_trim_are_already_gone(cache: safecache.Cache, root: Path) -> None:
@@ -608,7 +608,7 @@ def test_files_vanishing_under_a_trim_are_already_gone(cache: safecache.Cache, r
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("error")
-        report = _maintenance.trim(cache)
+        report = maintenance.trim(cache)
     assert report.removed_entries == 0 and entry_files(root) == []
 
 
@@ -620,20 +620,20 @@ def test_an_entry_held_open_on_windows_is_left_for_the_next_trim(cache: safecach
         # Another program holds the file open, without FILE_SHARE_DELETE.
         with holding(path_of(cache, keys[0])), warnings.catch_warnings():
             warnings.simplefilter("error")
-            report = _maintenance.trim(cache)
+            report = maintenance.trim(cache)
         assert report.removed_entries == 2 and os.path.exists(path_of(cache, keys[0]))
-        assert _maintenance.trim(cache).removed_entries == 1
+        assert maintenance.trim(cache).removed_entries == 1
 
 
 def test_progress_is_reported_per_shard(cache: safecache.Cache) -> None:
     populate(cache, 50)
     seen: list[tuple[int, int | None]] = []
-    _maintenance.trim(cache, max_size=10_000, progress=lambda done, total: seen.append((done, total)))
+    maintenance.trim(cache, max_size=10_000, progress=lambda done, total: seen.append((done, total)))
     assert len(seen) > 10
     assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
     assert all(t is not None and d <= t for d, t in seen)
     checked: list[tuple[int, int | None]] = []
-    _maintenance.verify(cache, progress=lambda done, total: checked.append((done, total)))
+    maintenance.verify(cache, progress=lambda done, total: checked.append((done, total)))
     assert checked and checked[-1][0] == checked[-1][1]
 
 
@@ -645,10 +645,10 @@ def test_prune_removes_old_bucket_versions_and_forgets_their_counters(root: Path
         populate(c, 5, name="fmt", version=1)
         c.bucket("lint", 2).trees.get_or_create("t", fill)
     cache = safecache.Cache(root, auto_trim=False)
-    report = _maintenance.prune(cache)
-    assert _maintenance.list_buckets(cache) == [("fmt", 1), ("lint", 3)]
+    report = maintenance.prune(cache)
+    assert maintenance.list_buckets(cache) == [("fmt", 1), ("lint", 3)]
     assert report.removed_entries == 10 and report.removed_trees == 1
-    assert sorted(_maintenance.info(cache)["buckets"]) == ["fmt/v1", "lint/v3"]  # type: ignore[call-overload]
+    assert sorted(maintenance.info(cache)["buckets"]) == ["fmt/v1", "lint/v3"]  # type: ignore[call-overload]
     assert [p.name for p in root.iterdir() if p.name.startswith(".trash-")] == []
     assert totals_size(root) == (walk_size(root), 10)
 
@@ -659,20 +659,20 @@ def test_prune_of_named_buckets_leaves_the_others(root: Path) -> None:
             populate(c, 5, name="lint", version=version)
             populate(c, 5, name="fmt", version=version)
     cache = safecache.Cache(root, auto_trim=False)
-    _maintenance.prune(cache, buckets=["lint"])
-    assert _maintenance.list_buckets(cache) == [("fmt", 1), ("fmt", 2), ("lint", 2)]
+    maintenance.prune(cache, buckets=["lint"])
+    assert maintenance.list_buckets(cache) == [("fmt", 1), ("fmt", 2), ("lint", 2)]
     assert totals_size(root) == (walk_size(root), 15)
     with pytest.raises(ValueError):
-        _maintenance.prune(cache, buckets=["Not A Bucket"])
+        maintenance.prune(cache, buckets=["Not A Bucket"])
 
 
 def test_prune_older_than_and_max_size(cache: safecache.Cache, root: Path) -> None:
     keys = populate(cache, 20)
     for i, k in enumerate(keys):
         age(path_of(cache, k), (20 - i) * HOUR)  # key 0 oldest: 20 h
-    report = _maintenance.prune(cache, older_than=10.5 * HOUR)
+    report = maintenance.prune(cache, older_than=10.5 * HOUR)
     assert report.removed_entries == 10
-    report = _maintenance.prune(cache, max_size=5 * os.path.getsize(path_of(cache, keys[-1])))
+    report = maintenance.prune(cache, max_size=5 * os.path.getsize(path_of(cache, keys[-1])))
     assert [os.path.exists(path_of(cache, k)) for k in keys[10:]] == [False] * 6 + [True] * 4
 
 
@@ -684,7 +684,7 @@ def test_prune_ci_keeps_built_and_removes_fetched(cache: safecache.Cache) -> Non
         bucket.put(k, b"wheel", kind="fetched")
     bucket.trees.get_or_create("built-tree", fill, kind="built")
     bucket.trees.get_or_create("fetched-tree", fill, kind="fetched")
-    report = _maintenance.prune(cache, ci=True)
+    report = maintenance.prune(cache, ci=True)
     assert all(bucket.get(k) is not None for k in built)
     assert all(bucket.get(k) is None for k in fetched)
     assert bucket.trees.get("built-tree") is not None and bucket.trees.get("fetched-tree") is None
@@ -696,11 +696,11 @@ def test_prune_waits_a_bounded_time_for_held_trees_then_leaves_them(cache: safec
     tree = bucket.trees.get_or_create("held", fill, kind="fetched")
     with Holder(_hold_tree, str(root), "data", "held"):
         started = time.monotonic()
-        report = _maintenance.prune(cache, ci=True, timeout=0.5)
+        report = maintenance.prune(cache, ci=True, timeout=0.5)
         waited = time.monotonic() - started
         assert 0.4 < waited < 10
         assert report.kept_in_use == 1 and os.path.isdir(tree.path)
-        report = _maintenance.prune(cache, ci=True, force=True)
+        report = maintenance.prune(cache, ci=True, force=True)
         assert report.removed_trees == 1 and not os.path.exists(tree.path)
 
 
@@ -714,12 +714,12 @@ def test_clean_removes_every_bucket_and_keeps_markers_stats_and_locks(root: Path
     (root / "buckets" / "not a bucket").mkdir()
     (root / "buckets" / "not a bucket" / "junk").write_text("x")
     cache = safecache.Cache(root, auto_trim=False)
-    report = _maintenance.clean(cache)
+    report = maintenance.clean(cache)
     assert report.removed_entries == 21 and report.removed_trees == 1
     assert sorted(p.name for p in root.iterdir()) == [".gitignore", "CACHEDIR.TAG", "README", "buckets", "locks", "stats"]
     assert list((root / "buckets").iterdir()) == []
     assert list((root / "locks").rglob("*.lock"))  # compute-once lock files may be in use: kept
-    assert _maintenance.info(cache)["buckets"] == {}
+    assert maintenance.info(cache)["buckets"] == {}
     assert cache.bucket("lint", 3).put("again", b"works") and cache.bucket("lint", 3).get("again") == b"works"
 
 
@@ -730,10 +730,10 @@ def test_clean_of_named_buckets(root: Path) -> None:
         populate(c, 5, name="fmt", version=1)
         populate(c, 5, name="keep", version=1)
     cache = safecache.Cache(root, auto_trim=False)
-    report = _maintenance.clean(cache, buckets=["lint", "fmt/v1"])
+    report = maintenance.clean(cache, buckets=["lint", "fmt/v1"])
     assert report.removed_entries == 15
-    assert _maintenance.list_buckets(cache) == [("keep", 1)]
-    assert sorted(_maintenance.info(cache)["buckets"]) == ["keep/v1"]  # type: ignore[call-overload]
+    assert maintenance.list_buckets(cache) == [("keep", 1)]
+    assert sorted(maintenance.info(cache)["buckets"]) == ["keep/v1"]  # type: ignore[call-overload]
     assert totals_size(root)[1] == 5
 
 
@@ -742,11 +742,11 @@ def test_clean_leaves_a_held_tree_in_place_and_force_removes_it(cache: safecache
     populate(cache, 5)
     tree = bucket.trees.get_or_create("held", fill)
     with Holder(_hold_tree, str(root), "data", "held"):
-        report = _maintenance.clean(cache, timeout=0.3)
+        report = maintenance.clean(cache, timeout=0.3)
         assert report.kept_in_use == 1 and report.removed_entries == 5
         assert os.path.isdir(tree.path) and bucket.trees.get("held") is None  # unreferenced now
         # Released and an hour old: an ordinary trim removes it.
-        report = _maintenance.clean(cache, force=True)
+        report = maintenance.clean(cache, force=True)
         assert report.removed_trees == 1 and not os.path.exists(tree.path)
 
 
@@ -754,11 +754,11 @@ def test_an_unreferenced_tree_left_by_clean_goes_with_the_next_trim(cache: safec
     bucket = cache.bucket("data", 1)
     tree = bucket.trees.get_or_create("held", fill)
     with Holder(_hold_tree, str(root), "data", "held"):
-        _maintenance.clean(cache, timeout=0.1)
+        maintenance.clean(cache, timeout=0.1)
     assert os.path.isdir(tree.path)
     bucket.put("x", b"y")
     age_tree(tree.path, 2 * HOUR)
-    assert _maintenance.trim(cache).removed_trees == 1 and not os.path.exists(tree.path)
+    assert maintenance.trim(cache).removed_trees == 1 and not os.path.exists(tree.path)
 
 
 def test_clean_and_trim_never_follow_symlinks(cache: safecache.Cache, root: Path, tmp_path: Path) -> None:
@@ -776,10 +776,10 @@ def test_clean_and_trim_never_follow_symlinks(cache: safecache.Cache, root: Path
     os.utime(link, (0, 0), follow_symlinks=False)
     (vdir / "tree-objects").mkdir()
     (vdir / "tree-objects" / ("c" * 32)).symlink_to(outside, target_is_directory=True)
-    _maintenance.trim(cache, max_age=DAY)
-    _maintenance.verify(cache, repair=True)
+    maintenance.trim(cache, max_age=DAY)
+    maintenance.verify(cache, repair=True)
     assert victim.read_bytes() == b"precious"
-    _maintenance.clean(cache)
+    maintenance.clean(cache)
     assert victim.read_bytes() == b"precious" and outside.is_dir()
     assert list((root / "buckets").iterdir()) == []
 
@@ -795,7 +795,7 @@ def test_clean_copes_with_read_only_files_and_directories(cache: safecache.Cache
         os.chmod(dirpath, 0o555)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = _maintenance.clean(cache)
+        report = maintenance.clean(cache)
     assert report.removed_entries == 5 and report.removed_trees == 1
     assert list((root / "buckets").iterdir()) == []
 
@@ -830,15 +830,15 @@ def test_prune_ci_and_clean_while_four_processes_use_the_cache(root: Path, platf
         cache = safecache.Cache(root, auto_trim=False)
         bucket = cache.bucket("data", 1)
         with windows_semantics() if windows is not None else _nothing():
-            pruned = _maintenance.prune(cache, ci=True, timeout=5)
+            pruned = maintenance.prune(cache, ci=True, timeout=5)
             # Each assertion names what it found, so a failure under load can be read.
             assert [k for k in built if bucket.get(k) != value_for(k)] == [], pruned
             assert [k for k in fetched if bucket.get(k) is not None] == [], pruned
             assert [i for i in range(3) if bucket.trees.get(f"built-tree-{i}") is None] == [], pruned
             assert [i for i in range(3) if bucket.trees.get(f"fetched-tree-{i}") is not None] == [], pruned
-            assert ("data", 0) not in _maintenance.list_buckets(cache), pruned
+            assert ("data", 0) not in maintenance.list_buckets(cache), pruned
             time.sleep(seconds / 4)
-            cleaned = _maintenance.clean(cache, timeout=5)
+            cleaned = maintenance.clean(cache, timeout=5)
             assert [k for k in built if bucket.get(k) is not None] == [], cleaned
             assert [i for i in range(3) if bucket.trees.get(f"built-tree-{i}") is not None] == [], cleaned
         results = users.results()
@@ -916,7 +916,7 @@ def test_verify_repair_finds_every_injected_corruption_among_10000_entries(root:
     }
 
     cache = safecache.Cache(root, auto_trim=False)
-    report = _maintenance.verify(cache, repair=True)
+    report = maintenance.verify(cache, repair=True)
     found = {p["path"]: p for p in report.problems}
     assert set(found) == set(injected) | tree_problems
     assert len(report.problems) == len(found)
@@ -936,15 +936,15 @@ def test_verify_repair_finds_every_injected_corruption_among_10000_entries(root:
     assert bucket.trees.get("good") is not None and os.path.isdir(good_tree.path)
     assert bucket.trees.get("damaged") is None and bucket.trees.get("bad-pointer") is None
     assert os.path.isdir(bad_pointer_tree.path)  # unknown to verify; the next trim reclaims it
-    again = _maintenance.verify(cache)
+    again = maintenance.verify(cache)
     assert again.problems == []
-    assert _maintenance.info(cache)["buckets"]["data/v1"]["corrupt_removed"] == 102  # type: ignore[index]
+    assert maintenance.info(cache)["buckets"]["data/v1"]["corrupt_removed"] == 102  # type: ignore[index]
 
 
 def test_verify_without_repair_reports_and_touches_nothing(cache: safecache.Cache, root: Path) -> None:
     keys = populate(cache, 5)
     Path(path_of(cache, keys[0])).write_bytes(b"")
-    report = _maintenance.verify(cache)
+    report = maintenance.verify(cache)
     assert [(p["kind"], p["reason"], p["repaired"], p["bucket"]) for p in report.problems] == [
         ("entry", "empty", False, "data/v1")
     ]
@@ -961,7 +961,7 @@ def test_verify_leaves_entries_of_a_newer_safecache_alone(cache: safecache.Cache
     data[4:6] = (2).to_bytes(2, "little")
     data[44:48] = (_format.crc32(bytes(data[:44])) & 0xFFFFFFFF).to_bytes(4, "little")  # a valid version-2 header
     Path(path).write_bytes(bytes(data))
-    assert _maintenance.verify(cache, repair=True).problems == []
+    assert maintenance.verify(cache, repair=True).problems == []
     assert os.path.exists(path)
 
 
@@ -971,29 +971,29 @@ def test_verify_of_a_read_only_cache_reports_without_repairing(root: Path) -> No
         Path(path_of(c, keys[0])).write_bytes(b"junk")
     cache = safecache.Cache(root, auto_trim=False)
     cache.state = READ_ONLY  # as opened on a root this user cannot write
-    report = _maintenance.verify(cache, repair=True)
+    report = maintenance.verify(cache, repair=True)
     assert len(report.problems) == 1 and not report.problems[0]["repaired"]
     assert "read-only" in report.skipped_reason
-    assert _maintenance.trim(cache).skipped_reason.startswith("the cache is read-only")
+    assert maintenance.trim(cache).skipped_reason.startswith("the cache is read-only")
     strict = safecache.Cache(root, strict=True, auto_trim=False)
     strict.state = READ_ONLY
     with pytest.raises(safecache.CacheReadOnlyError):
-        _maintenance.clean(strict)
+        maintenance.clean(strict)
 
 
 def test_a_disabled_cache_has_nothing_to_maintain(tmp_path: Path) -> None:
     cache = safecache.Cache(tmp_path / "c", enabled=False)
-    assert _maintenance.list_buckets(cache) == []
-    assert _maintenance.trim(cache).skipped_reason.startswith("the cache is disabled")
-    assert _maintenance.maybe_trim(cache) is None
-    assert _maintenance.verify(cache).problems == []
-    info = _maintenance.info(cache)
+    assert maintenance.list_buckets(cache) == []
+    assert maintenance.trim(cache).skipped_reason.startswith("the cache is disabled")
+    assert maintenance.maybe_trim(cache) is None
+    assert maintenance.verify(cache).problems == []
+    info = maintenance.info(cache)
     assert info["size"] == 0 and info["buckets"] == {}
 
 
 def test_report_as_dict_is_json(cache: safecache.Cache) -> None:
     populate(cache, 3)
-    report = _maintenance.trim(cache, max_size=1)
+    report = maintenance.trim(cache, max_size=1)
     data = report.as_dict()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {

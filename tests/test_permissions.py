@@ -1,5 +1,10 @@
 """Caches this user may not write, or not read, as an unprivileged user sees them.
 
+A cache owned by another user is not used at all (docs/security.md) unless
+the user opts into a shared cache; the read-only and unreadable cases below
+opt in (``shared=True``), as a CI job reading a cache another account
+restored would, to check what the file modes then allow.
+
 We run as root, and ``chmod`` does not stop root: each case builds a cache as
 root, sets owners and modes, then runs a short child as ``nobody`` (see
 ``_unpriv_cases``) that prints what it observed; the parent asserts on it.
@@ -58,14 +63,44 @@ def _only_cache_warnings(report: dict[str, Any]) -> list[str]:
     return cache_warnings(report)
 
 
-# -- 1. a root-owned cache this user can read but not write --------------------------------
+# -- 0. a cache owned by another user, without the shared opt-in ------------------------------
 @pytest.fixture(scope="module")
-def read_only(unprivileged: Any) -> tuple[Path, dict[str, Any], bool]:
-    """A restored root-owned cache (dirs 0755, files 0644) used as nobody:
-    (root, the child's report, whether the tree is unchanged afterwards)."""
+def foreign(unprivileged: Any) -> tuple[Path, dict[str, Any], bool]:
+    """A root-owned cache used as nobody, who did not opt into sharing."""
     root = restored_cache(unprivileged.workdir())
     before = snapshot(root)
     report = run_case(unprivileged, LENIENT_OPERATIONS, root)
+    return root, report, snapshot(root) == before
+
+
+def test_another_users_cache_is_not_used(foreign: tuple[Path, dict[str, Any], bool]) -> None:
+    _, report, unchanged = foreign
+    assert "raised" not in report, report["raised"]
+    assert (report["state"], report["state_after"]) == ("disabled", "disabled")
+    assert (report["get_small"], report["get_large"], report["contains"]) == (None, None, False)
+    assert report["get_or_create_present"] == "made here"  # another user's bytes are never served
+    assert (report["put_new"], report["delete"]) == (False, False)
+    assert unchanged
+
+
+def test_another_users_cache_warns_once_naming_the_owner_and_the_ways_out(
+    foreign: tuple[Path, dict[str, Any], bool],
+) -> None:
+    root, report, _ = foreign
+    warnings = _only_cache_warnings(report)
+    assert len(warnings) == 1, warnings
+    assert str(root) in warnings[0] and "owned by root" in warnings[0]
+    assert "chown" in warnings[0] and "SAFECACHE_SHARED" in warnings[0]
+
+
+# -- 1. a root-owned cache this user can read but not write --------------------------------
+@pytest.fixture(scope="module")
+def read_only(unprivileged: Any) -> tuple[Path, dict[str, Any], bool]:
+    """A restored root-owned cache (dirs 0755, files 0644) used as nobody, in
+    shared mode: (root, the child's report, whether the tree is unchanged)."""
+    root = restored_cache(unprivileged.workdir())
+    before = snapshot(root)
+    report = run_case(unprivileged, LENIENT_OPERATIONS, root, shared=True)
     return root, report, snapshot(root) == before
 
 
@@ -122,7 +157,7 @@ out["get_after"] = show(bucket.get("small"))
 
 def test_read_only_cache_in_strict_mode_raises_on_writes_and_still_reads(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir())
-    report = run_case(unprivileged, STRICT_READ_ONLY, root)
+    report = run_case(unprivileged, STRICT_READ_ONLY, root, shared=True)
     assert "raised" not in report, report["raised"]
     assert report["state"] == "read-only"
     for name in ("put", "delete"):
@@ -135,7 +170,7 @@ def test_read_only_cache_in_strict_mode_raises_on_writes_and_still_reads(unprivi
 # -- 2. a root-owned cache this user cannot read -------------------------------------------
 def test_unreadable_cache_is_disabled_and_nothing_raises(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir(), dirs=0o700, files=0o600)
-    report = run_case(unprivileged, LENIENT_OPERATIONS, root)
+    report = run_case(unprivileged, LENIENT_OPERATIONS, root, shared=True)
     assert "raised" not in report, report["raised"]
     assert report["state"] == "disabled"
     assert (report["get_small"], report["get_large"], report["contains"]) == (None, None, False)
@@ -145,7 +180,7 @@ def test_unreadable_cache_is_disabled_and_nothing_raises(unprivileged: Any) -> N
 
 def test_unreadable_cache_warns_once_naming_the_path(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir(), dirs=0o700, files=0o600)
-    warnings = _only_cache_warnings(run_case(unprivileged, LENIENT_OPERATIONS, root))
+    warnings = _only_cache_warnings(run_case(unprivileged, LENIENT_OPERATIONS, root, shared=True))
     assert len(warnings) == 1, warnings
     assert str(root) in warnings[0] and "not readable" in warnings[0]
 
@@ -161,7 +196,7 @@ except Exception as exc:
 
 def test_unreadable_cache_in_strict_mode_raises_a_permission_error_on_open(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir(), dirs=0o700, files=0o600)
-    report = run_case(unprivileged, STRICT_OPEN, root)
+    report = run_case(unprivileged, STRICT_OPEN, root, shared=True)
     err = report.get("open_error")
     assert err is not None, f"strict open succeeded with state {report.get('state')!r}"
     assert (err["cache_error"], err["permission_error"]) == (True, True), err
@@ -185,6 +220,13 @@ def test_cache_behind_a_parent_that_cannot_be_entered_is_disabled(unprivileged: 
     assert report["get_or_create_missing"] == "made here"
     warnings = _only_cache_warnings(report)
     assert len(warnings) == 1 and str(root) in warnings[0], warnings
+
+
+def test_another_users_cache_in_strict_mode_raises_a_permission_error_on_open(unprivileged: Any) -> None:
+    report = run_case(unprivileged, STRICT_OPEN, restored_cache(unprivileged.workdir()))
+    err = report.get("open_error")
+    assert err is not None, f"strict open succeeded with state {report.get('state')!r}"
+    assert (err["cache_error"], err["permission_error"]) == (True, True), err
 
 
 def test_cache_behind_a_parent_that_cannot_be_entered_raises_in_strict_mode(unprivileged: Any) -> None:
@@ -249,7 +291,7 @@ def test_unreadable_entry_files_are_misses(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir())
     path = entry_path(root, "small")
     os.chmod(path, 0o600)  # root's: unreadable; the large entry stays 0644
-    report = run_case(unprivileged, UNREADABLE_ENTRY, root)
+    report = run_case(unprivileged, UNREADABLE_ENTRY, root, shared=True)
     assert "raised" not in report, report["raised"]
     assert (report["get_small"], report["contains_small"], report["open_small"]) == (None, False, False)
     assert report["get_large"] == LARGE  # the rest of the cache still works

@@ -185,13 +185,31 @@ out["put"] = bucket.put("new", b"value")
 
 
 @pytest.mark.unprivileged
-def test_uv_11409_restored_cache_the_user_cannot_write_serves_hits(unprivileged: Any) -> None:
+def test_uv_11409_restored_cache_owned_by_another_user_is_refused_and_says_how_to_use_it(unprivileged: Any) -> None:
     """uv #11409: a GitLab Windows runner restored a cached cache directory;
     installing then failed with "Failed to read from the distribution cache:
-    Access is denied (os error 5)"."""
+    Access is denied (os error 5)".  A cache another account wrote is not
+    trusted by default (docs/security.md): nothing raises, nothing is served
+    or written, and the one warning names the owner and both ways out."""
     root = restored_cache(unprivileged.workdir())
     before = snapshot(root)
     report = run_case(unprivileged, UV_11409_READ, root)
+    assert "raised" not in report, report["raised"]
+    assert report["state"] == "disabled"
+    assert report["get_or_create"] == "recomputed"  # the factory ran: another user's bytes are not served
+    assert report["put"] is False
+    (warning,) = cache_warnings(report)
+    assert "owned by root" in warning and "chown" in warning and "SAFECACHE_SHARED" in warning
+    assert snapshot(root) == before
+
+
+@pytest.mark.unprivileged
+def test_uv_11409_restored_cache_shared_on_purpose_serves_hits(unprivileged: Any) -> None:
+    """The same restored cache, with the job opting into a shared cache: the
+    entries it can read are served, nothing is written, one warning."""
+    root = restored_cache(unprivileged.workdir())
+    before = snapshot(root)
+    report = run_case(unprivileged, UV_11409_READ, root, shared=True)
     assert "raised" not in report, report["raised"]
     assert report["state"] == "read-only"
     assert report["hits"] == {key: value.decode() for key, value in ENTRIES.items()}
@@ -346,7 +364,7 @@ def test_pip_7488_cache_owned_by_another_user_never_reaches_a_failing_write(
     before = snapshot(root)
     report = run_case(unprivileged, PIP_7488, root)
     assert "raised" not in report, report["raised"]
-    assert report["state"] == "read-only"
+    assert report["state"] == "disabled"
     assert report["get_or_create"] == "built wheel"
     assert (report["put"], report["put_stream"], report["put_stream_iter"], report["delete"]) == (
         False,
@@ -354,7 +372,7 @@ def test_pip_7488_cache_owned_by_another_user_never_reaches_a_failing_write(
         False,
         False,
     )
-    assert report["hit"] == ENTRIES["small"].decode()
+    assert report["hit"] is None  # pip's rule in full: the cache is disabled, not read-only
     assert len(cache_warnings(report)) == 1, report["warnings"]
     assert snapshot(root) == before
     assert owned_by(root, unprivileged.uid) == []

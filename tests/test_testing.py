@@ -576,6 +576,90 @@ def test_classic_delete_removes_an_unopened_file_at_once(tmp_path: Path) -> None
     assert os.listdir(tmp_path) == []
 
 
+# -- pending deletes and ACL denials: the NT status of an open's error 5 ---------------
+
+
+def test_opening_a_delete_pending_name_is_5_with_status_delete_pending(tmp_path: Path) -> None:
+    """As safecache's Windows open reports it (CreateFileW, then
+    RtlGetLastNtStatus); the C runtime's open keeps neither code."""
+    with windows_semantics(posix_delete=False) as ops:
+        target = make(tmp_path / "target")
+        with holding(target, share_delete=True):
+            ops.unlink(target)
+            with pytest.raises(PermissionError) as shared:
+                ops.open(target, os.O_RDONLY, share_delete=True)
+            with pytest.raises(PermissionError) as crt:
+                ops.open(target, os.O_RDONLY, share_delete=False)
+        assert winerror(shared) == 5 and shared.value.ntstatus == testing.STATUS_DELETE_PENDING  # type: ignore[attr-defined]
+        assert winerror(crt) is None and not hasattr(crt.value, "ntstatus") and underneath(crt) == 5
+        with pytest.raises(FileNotFoundError):  # the last handle closed: the name is gone
+            ops.open(target, os.O_RDONLY)
+
+
+def test_with_posix_delete_a_deleted_name_is_gone_at_once(tmp_path: Path, win: WindowsOps) -> None:
+    """Windows 10 1903+ on NTFS: no pending delete, even while a handle is open."""
+    target = make(tmp_path / "target")
+    with holding(target, share_delete=True):
+        win.unlink(target)
+        with pytest.raises(FileNotFoundError) as gone:
+            win.open(target, os.O_RDONLY)
+    assert winerror(gone) == 2
+
+
+def test_an_acl_denied_file_refuses_every_open_with_status_access_denied(tmp_path: Path) -> None:
+    target, other = make(tmp_path / "target"), make(tmp_path / "other")
+    with windows_semantics(acl_denied=[target]) as ops:
+        with pytest.raises(PermissionError) as shared:
+            ops.open(target, os.O_RDONLY)
+        with pytest.raises(PermissionError) as writing:
+            ops.open(target, os.O_RDWR)
+        ops.close(ops.open(other, os.O_RDONLY))  # only the path named
+    assert winerror(shared) == 5 and shared.value.ntstatus == testing.STATUS_ACCESS_DENIED  # type: ignore[attr-defined]
+    assert winerror(writing) is None and underneath(writing) == 5  # through the C runtime
+    assert ops.stats["acl"] == 2 and ops.stats["rule.5"] == 2
+
+
+def test_an_acl_denied_directory_refuses_opens_beneath_it_only(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d2").mkdir()
+    beneath, deeper = make(tmp_path / "d" / "f"), make(tmp_path / "d" / "sub" / "f")
+    sibling = make(tmp_path / "d2" / "f")  # a name that merely starts the same
+    with windows_semantics(acl_denied=[str(tmp_path / "d")]) as ops:
+        for path in (beneath, deeper, str(tmp_path / "d" / "new")):
+            with pytest.raises(PermissionError) as exc:
+                ops.open(path, os.O_RDONLY)
+            assert exc.value.ntstatus == testing.STATUS_ACCESS_DENIED  # type: ignore[attr-defined]
+        with pytest.raises(PermissionError):
+            ops.open(str(tmp_path / "d" / "created"), CREATE)
+        ops.close(ops.open(sibling, os.O_RDONLY))
+        ops.replace(beneath, str(tmp_path / "d" / "moved"))  # other operations: not modelled
+
+
+def test_a_real_denial_of_a_share_delete_open_carries_status_access_denied(
+    tmp_path: Path, win: WindowsOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = make(tmp_path / "target")
+
+    def denied(self: testing.OsOps, path: str, flags: int, mode: int = 0o666, *, share_delete: bool = True) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)  # what Linux says to a non-root user
+
+    monkeypatch.setattr(testing.OsOps, "open", denied)
+    with pytest.raises(PermissionError) as exc:
+        win.open(target, os.O_RDONLY)
+    assert winerror(exc) == 5 and exc.value.ntstatus == testing.STATUS_ACCESS_DENIED  # type: ignore[attr-defined]
+
+
+def test_a_win_error_can_carry_an_nt_status(tmp_path: Path) -> None:
+    pending = make_oserror(WinError(5, ntstatus=testing.STATUS_DELETE_PENDING), "p")
+    assert pending.winerror == 5 and pending.ntstatus == testing.STATUS_DELETE_PENDING  # type: ignore[attr-defined]
+    assert not hasattr(make_oserror(WinError(5), "p"), "ntstatus")
+    target = make(tmp_path / "target")
+    with inject_errors(WinError(5, ntstatus=testing.STATUS_ACCESS_DENIED), ops="open"):
+        with pytest.raises(PermissionError) as exc:
+            _osops.current.open(target, os.O_RDONLY)
+    assert exc.value.ntstatus == testing.STATUS_ACCESS_DENIED  # type: ignore[attr-defined]
+
+
 # -- transient denials ------------------------------------------------------------------
 
 
@@ -674,6 +758,43 @@ def test_probabilities_outside_zero_to_one_are_rejected() -> None:
         WindowsOps(transient_denials=1.5)
     with pytest.raises(ValueError):
         WindowsOps(transient_lock_violations=-0.1)
+    with pytest.raises(ValueError):
+        WindowsOps(transient_read_denials=2.0)
+
+
+def test_transient_read_denials_refuse_opens_for_reading_with_32_or_a_pending_delete(tmp_path: Path) -> None:
+    ops = WindowsOps(transient_denials=0.0, transient_read_denials=1.0, transient_lock_violations=0.0)
+    target = make(tmp_path / "target")
+    codes = []
+    for _ in range(40):
+        with pytest.raises(PermissionError) as exc:
+            ops.open(target, os.O_RDONLY)
+        codes.append(winerror(exc))
+        status = getattr(exc.value, "ntstatus", None)
+        assert status == (testing.STATUS_DELETE_PENDING if winerror(exc) == 5 else None)
+    assert set(codes) == {5, 32}
+    assert ops.stats["transient.open.5"] + ops.stats["transient.open.32"] == ops.stats["transient.open"] == 40
+    # Opens for writing, creates and mutations are transient_denials' (0 here).
+    ops.close(ops.open(target, os.O_RDWR))
+    ops.close(ops.open(str(tmp_path / "new"), CREATE))
+    ops.replace(str(tmp_path / "new"), target)
+    assert ops.stats["transient"] == 40
+
+
+def test_transient_read_denials_spare_names_that_do_not_exist(tmp_path: Path) -> None:
+    ops = WindowsOps(transient_read_denials=1.0)
+    with pytest.raises(FileNotFoundError):
+        ops.open(str(tmp_path / "missing"), os.O_RDONLY)
+    assert ops.stats.get("transient", 0) == 0
+
+
+def test_transient_read_denials_default_to_transient_denials(tmp_path: Path) -> None:
+    assert WindowsOps(transient_denials=0.3).transient_read_denials == 0.3
+    ops = WindowsOps(transient_denials=1.0, transient_read_denials=0.0, transient_lock_violations=0.0)
+    target = make(tmp_path / "target")
+    ops.close(ops.open(target, os.O_RDONLY))  # reads spared...
+    with pytest.raises(PermissionError):
+        ops.replace(target, str(tmp_path / "other"))  # ...the rest still denied
 
 
 def test_errors_of_the_real_call_get_the_windows_code(tmp_path: Path, win: WindowsOps) -> None:
@@ -909,6 +1030,10 @@ def test_options_recreate_an_equivalent_emulator() -> None:
     again = WindowsOps(**ops.options)
     assert again.options == ops.options
     assert again.transient_lock_violations == 0.025  # a tenth of transient_denials by default
+    assert again.transient_read_denials == 0.25  # as transient_denials by default
+    denying = WindowsOps(transient_read_denials=0.05, acl_denied=["/restored/cache"])
+    assert WindowsOps(**denying.options).options == denying.options
+    assert denying.options["acl_denied"] == ("/restored/cache",)
 
 
 def test_the_public_names_exist() -> None:

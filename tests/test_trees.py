@@ -3,6 +3,7 @@ while in use."""
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 
 import safecache
-from safecache import _trees
-from safecache.testing import windows_semantics
+from safecache import _keys, _manifest, _tree
+from safecache.testing import inject_errors, windows_semantics
 
 ctx = multiprocessing.get_context("fork")
 
@@ -46,7 +47,7 @@ def blake2b_128(path: Path) -> str:
     return h.hexdigest()
 
 
-def placed_matches(tree: _trees.Tree, dest: Path) -> list[str]:
+def placed_matches(tree: _tree.Tree, dest: Path) -> list[str]:
     """Every manifest file exists in ``dest`` with its size and content."""
     bad = []
     for rel, size, _mode, digest in tree.manifest.files:
@@ -190,7 +191,7 @@ def test_verify_reports_missing_and_unexpected_files(bucket: safecache.Bucket) -
 def test_manifest_paths_cannot_escape(bucket: safecache.Bucket) -> None:
     for bad in ["../x", "/abs", "a/../../b", "a\\b", ""]:
         with pytest.raises(ValueError):
-            _trees._check_relative(bad)
+            _manifest.check_relative(bad)
 
 
 def test_corrupt_pointer_is_a_miss(bucket: safecache.Bucket) -> None:
@@ -398,3 +399,151 @@ def test_trees_under_windows_semantics(tmp_path: Path) -> None:
         assert report.complete and placed_matches(tree, tmp_path / "dest") == []
         assert bucket.trees.delete("k")
         assert not os.path.exists(tree.path)
+
+
+# -- through the fs layer -------------------------------------------------------------------
+def test_put_copies_symlinks_as_symlinks_with_modes_and_mtimes(bucket: safecache.Bucket, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    fill(str(src))
+    os.utime(src / "pkg" / "data.txt", (1_000_000_000, 1_000_000_000))
+    tree = bucket.trees.put("k", src)
+    assert os.readlink(os.path.join(tree.path, "pkg", "link")) == "data.txt"
+    copied = os.stat(os.path.join(tree.path, "pkg", "data.txt"))
+    assert (copied.st_mode & 0o777, copied.st_mtime) == (0o640, 1_000_000_000)
+    assert tree.verify() == []
+
+
+def test_put_of_a_directory_holding_a_fifo_raises_and_commits_nothing(bucket: safecache.Bucket, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(OSError):
+        bucket.trees.put("k", src)
+    assert bucket.trees.get("k") is None
+    assert list(Path(bucket.directory, "tree-objects").iterdir()) == []  # type: ignore[arg-type]
+
+
+def test_an_ephemeral_tree_lives_alone_in_a_private_temp_directory(tmp_path: Path) -> None:
+    import tempfile
+
+    bucket = safecache.Cache(tmp_path / "c", enabled=False).bucket("wheels")
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    private = os.path.dirname(tree.path)
+    assert os.path.dirname(private) == tempfile.gettempdir()
+    assert os.stat(private).st_mode & 0o777 == 0o700
+    assert os.listdir(private) == [os.path.basename(tree.path)]
+    tree.close()
+    assert not os.path.exists(private)
+
+
+def test_ephemeral_trees_are_made_through_the_fs_layer(tmp_path: Path) -> None:
+    bucket = safecache.Cache(tmp_path / "c", enabled=False).bucket("wheels")
+    with inject_errors(errno.ENOSPC, ops=("mkdir",), path_contains="safecache-tree-") as faults:
+        with pytest.raises(OSError):
+            bucket.trees.get_or_create("k", lambda path: fill(path))
+    assert faults.fired >= 1
+
+
+def test_a_failed_build_in_a_private_directory_leaves_nothing(tmp_path: Path) -> None:
+    bucket = safecache.Cache(tmp_path / "c", enabled=False).bucket("wheels")
+    with pytest.raises(RuntimeError):
+        with bucket.trees.build("k") as b:
+            fill(b.path)
+            raise RuntimeError("download failed")
+    assert not os.path.exists(os.path.dirname(b.path))
+
+
+def test_a_commit_that_cannot_rename_hands_out_an_ephemeral_copy(bucket: safecache.Bucket, tmp_path: Path) -> None:
+    # Every rename of the staging directory fails: into tree-objects, and
+    # into the private temp directory too, so the staged files are copied.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with inject_errors(errno.EIO, ops=("rename",), path_contains=".tmp") as faults:
+            tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    assert faults.fired == 2
+    assert tree.ephemeral and os.readlink(os.path.join(tree.path, "pkg", "link")) == "data.txt"
+    assert list(Path(bucket.directory, "tree-objects").iterdir()) == []  # type: ignore[arg-type]
+    assert bucket.trees.get("k") is None
+    assert tree.verify() == []  # (verify closes an ephemeral tree: last)
+
+
+def test_ephemeral_trees_under_windows_semantics(tmp_path: Path) -> None:
+    with windows_semantics():
+        bucket = safecache.Cache(tmp_path / "c", enabled=False).bucket("wheels")
+        with bucket.trees.get_or_create("k", lambda path: fill(path)) as tree:
+            report = tree.place(tmp_path / "dest", mode="copy")
+            assert report.complete and placed_matches(tree, tmp_path / "dest") == []
+        assert not os.path.exists(tree.path)
+
+
+# -- removal: one function for Trees.delete and maintenance --------------------------------------
+def _removal_args(bucket: safecache.Bucket, tree: _tree.Tree) -> tuple[str, str, str]:
+    assert bucket.directory is not None and bucket.trees.locks_dir is not None
+    return bucket.directory, bucket.trees.locks_dir, tree.manifest.tree_id
+
+
+def test_remove_tree_renames_then_deletes_and_drops_the_lock_file(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    pointer = bucket.trees._pointer(_keys.key_digest("k"))
+    directory, locks, tree_id = _removal_args(bucket, tree)
+    with tree:
+        pass  # the lock file exists once the tree has been held
+    lock_file = bucket.trees._object_lock(tree_id)
+    assert os.path.exists(lock_file)
+    assert _tree.remove_tree(directory, locks, tree_id, pointer=pointer) == "removed"
+    assert not os.path.exists(pointer) and not os.path.exists(tree.path) and not os.path.exists(lock_file)
+    assert list(Path(directory, "tree-objects").iterdir()) == []
+    assert _tree.remove_tree(directory, locks, tree_id) == "gone"
+
+
+def test_remove_tree_leaves_a_held_tree_and_its_pointer_untouched(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    pointer = bucket.trees._pointer(_keys.key_digest("k"))
+    with tree:
+        assert _tree.remove_tree(*_removal_args(bucket, tree), pointer=pointer, wait=0.05) == "held"
+        assert os.path.exists(pointer) and os.path.isdir(tree.path)
+
+
+def test_remove_tree_with_force_removes_a_held_tree(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    with tree:
+        assert _tree.remove_tree(*_removal_args(bucket, tree), force=True) == "removed"
+        assert not os.path.exists(tree.path)
+
+
+def test_remove_tree_goes_on_without_locks_where_the_file_system_has_none(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    with inject_errors(errno.ENOLCK, ops=("lock",)):
+        assert _tree.remove_tree(*_removal_args(bucket, tree)) == "removed"
+    assert not os.path.exists(tree.path)
+
+
+def test_remove_tree_reports_a_lock_it_cannot_examine_and_leaves_the_tree(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    seen: list[tuple[int | None, str]] = []
+    with inject_errors(errno.EIO, ops=("lock",)):
+        outcome = _tree.remove_tree(*_removal_args(bucket, tree), failed=lambda exc, path: seen.append((exc.errno, path)))
+    assert outcome == "failed" and os.path.isdir(tree.path)
+    assert seen == [(errno.EIO, bucket.trees._object_lock(tree.manifest.tree_id))]
+
+
+def test_remove_tree_reports_a_failed_rename_and_leaves_the_tree(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    seen: list[str] = []
+    with inject_errors(errno.EIO, ops=("rename",)):
+        outcome = _tree.remove_tree(*_removal_args(bucket, tree), failed=lambda exc, path: seen.append(path))
+    assert outcome == "failed" and os.path.isdir(tree.path) and seen == [tree.path]
+    assert bucket.trees.get("k") is not None
+
+
+def test_lock_for_removal_hands_back_the_exclusive_lock_for_a_caller_that_moves_the_tree(
+    bucket: safecache.Bucket,
+) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    _directory, locks, tree_id = _removal_args(bucket, tree)
+    with tree:
+        assert _tree.lock_for_removal(locks, tree_id, wait=0.05) == ("held", None)
+    status, lock = _tree.lock_for_removal(locks, tree_id)
+    assert status == "ok" and lock is not None and lock.locked
+    lock.release()

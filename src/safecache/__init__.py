@@ -32,13 +32,15 @@ from ._errors import (
 )
 
 if _TYPE_CHECKING:
-    from ._trees import PlaceReport, Tree, Trees
+    from ._place import PlaceReport
+    from ._tree import Tree
+    from ._trees import Trees
 
     __version__: str
 
 # Names resolved on first use, so that ``import safecache`` does not pay for
 # trees (most tools never use them) or for reading package metadata.
-_LAZY = {"PlaceReport": "_trees", "Tree": "_trees", "Trees": "_trees"}
+_LAZY = {"PlaceReport": "_place", "Tree": "_tree", "Trees": "_trees"}
 
 
 def __getattr__(name: str) -> object:
@@ -68,7 +70,7 @@ def _make_trees(bucket: Bucket) -> Trees:
 
 
 def _auto_trim(cache: Cache) -> object:
-    from ._maintenance import maybe_trim
+    from ._trim import maybe_trim
 
     return maybe_trim(cache)
 

@@ -7,8 +7,8 @@ import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _format, _fs, _keys, _layout, _locks, _osops, _policy, _stats
-from ._errors import CacheReadOnlyError, LockTimeoutError
+from . import _format, _fs, _keys, _layout, _locks, _osops, _policy, _stats, _trust
+from ._errors import CachePermissionError, CacheReadOnlyError, LockTimeoutError
 from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
 
@@ -69,11 +69,33 @@ class Bucket:
         if cache.path is not None:
             self.directory: str | None = _layout.bucket_dir(cache.path, name, version)
             self._locks_dir: str | None = _layout.bucket_locks_dir(cache.path, name, version)
+            if cache.state is not DISABLED and not self._trusted(cache.path):
+                self.directory = self._locks_dir = None
         else:
             self.directory = self._locks_dir = None
 
     def __repr__(self) -> str:
         return f"<Bucket {self._label} of {self.cache!r}>"
+
+    def _trusted(self, root: str) -> bool:
+        """Check the directories this bucket uses (docs/security.md): each
+        must be a real directory this user owns (any owner in shared mode).
+        Otherwise the bucket is not used: a miss or a no-op for every call,
+        with one warning; strict mode raises ``CachePermissionError``."""
+        shared = self.cache.shared
+        for directory in (
+            _layout.bucket_dir(root, self.name, self.version),
+            _layout.bucket_locks_dir(root, self.name, self.version),
+        ):
+            for path in (os.path.dirname(directory), directory):  # NAME, then NAME/vN
+                reason = _trust.check_dir(path, shared=shared)
+                if reason:
+                    message = f"bucket {self._label} is not used: {reason}; remove that directory, or set the cache elsewhere"
+                    if self.cache.strict:
+                        raise CachePermissionError(message, filename=path, operation="open", cause="owner")
+                    self.cache._announce("owner", message)
+                    return False
+        return True
 
     @property
     def trees(self) -> Trees:
@@ -325,7 +347,7 @@ class Bucket:
         length = len(data) if not isinstance(data, memoryview) else data.nbytes
         crc = _format.crc32(data)
         try:
-            old_size = self._identical(path, raw, length, crc, kind_code)
+            old_size = self._identical(path, raw, data, crc, kind_code)
             if old_size < 0:
                 if cache.debug_keys:
                     self._debug("put", key, digest, "identical entry already there")
@@ -335,9 +357,11 @@ class Bucket:
                 length <= _SMALL_PUT
                 and not cache.durable
                 and _osops.current is _osops.fast_path
-                and _fs.write_small_fast(path, header + data)
+                and _fs.write_small_fast(path, header + data, cache.file_mode)
             ):
-                _fs.write_file(path, (header, memoryview(data)), durable=cache.durable, budget=cache.retry_budget)
+                _fs.write_file(
+                    path, (header, memoryview(data)), durable=cache.durable, budget=cache.retry_budget, mode=cache.file_mode
+                )
         except OSError as exc:
             self.counters.error(cache._failed("put", exc, path))
             return False
@@ -369,11 +393,11 @@ class Bucket:
         raw = bytes.fromhex(digest)
         state = {"crc": 0, "length": 0}
 
-        def chunks() -> Iterable[bytes]:
+        def chunks() -> Iterable[bytes | bytearray | memoryview]:
             yield bytes(HEADER_SIZE)  # room for the header, written last
             for chunk in _iter_source(source):
                 state["crc"] = _format.crc32(chunk, state["crc"])
-                state["length"] += len(chunk)
+                state["length"] += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
                 yield chunk
 
         def header() -> bytes:
@@ -381,7 +405,9 @@ class Bucket:
 
         try:
             old_size = _stats.entry_size(path)
-            _fs.write_file(path, chunks(), header=header, durable=cache.durable, budget=cache.retry_budget)
+            _fs.write_file(
+                path, chunks(), header=header, durable=cache.durable, budget=cache.retry_budget, mode=cache.file_mode
+            )
         except _SourceError as err:
             raise err.original from None
         except OSError as exc:
@@ -395,10 +421,11 @@ class Bucket:
             counters.entries += 1
         return True
 
-    def _identical(self, path: str, digest: bytes, length: int, crc: int, kind: int) -> int:
-        """-1 if ``path`` already holds an entry with this length, checksum
-        and kind; otherwise the size of the file there (0 if none), which the
-        write will replace."""
+    def _identical(self, path: str, digest: bytes, data: bytes | bytearray | memoryview, crc: int, kind: int) -> int:
+        """-1 if ``path`` already holds exactly ``data`` (same kind, same
+        bytes: compared byte for byte, never by checksum alone, since a
+        CRC-32 collision is trivial to craft); otherwise the size of the file
+        there (0 if none), which the write will replace."""
         ops = _osops.current
         if ops is _osops.fast_path and not _os_access(path, os.F_OK):
             return 0  # the common case for a new key, without an exception
@@ -406,19 +433,29 @@ class Bucket:
             fd = ops.open(path, _osops.READ_FLAGS)
         except OSError:
             return 0
+        view = memoryview(data).cast("B")
+        length = view.nbytes
         size = 0
         try:
             size = ops.fstat(fd).st_size
             if size != HEADER_SIZE + length:
                 return size
             header = _format.parse_header(ops.read(fd, HEADER_SIZE), digest)
+            if header.length != length or header.payload_crc != crc or header.kind != kind:
+                return size
+            # The checksums agree: now the bytes themselves (the skip is only
+            # taken when it is right; reading costs less than rewriting).
+            offset = 0
+            while offset < length:
+                chunk = ops.read(fd, min(_CHUNK, length - offset))
+                if not chunk or view[offset : offset + len(chunk)] != chunk:
+                    return size
+                offset += len(chunk)
+            return -1
         except (Invalid, OSError):
             return size
         finally:
             ops.close(fd)
-        if header.length == length and header.payload_crc == crc and header.kind == kind:
-            return -1
-        return size
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``'s entry.  True if one was removed; False if there was
@@ -484,28 +521,24 @@ class Bucket:
                     f"cannot store a computed value: {cache.state_reason}", filename=cache.path, operation="get_or_create"
                 )
             return _checked(factory())
-        digest = _keys.key_digest(key)
         assert self._locks_dir is not None
-        lock = _locks.FileLock(
-            _layout.entry_lock(self._locks_dir, digest),
+
+        def create() -> bytes:
+            made = _checked(factory())
+            self.put(key, made, kind=kind)
+            return made
+
+        def lock_failed(exc: OSError, path: str) -> None:
+            operation = "get_or_create" if isinstance(exc, LockTimeoutError) else "lock"
+            self.counters.error(cache._failed(operation, exc, path, lock=True))
+
+        return _locks.compute_once(
+            _layout.entry_lock(self._locks_dir, _keys.key_digest(key)),
             timeout=cache.lock_timeout if timeout is None else timeout,
+            lookup=lambda: self.get(key),
+            create=create,
+            lock_failed=lock_failed,
         )
-        try:
-            lock.acquire()
-        except LockTimeoutError as exc:
-            self.counters.error(cache._failed("get_or_create", exc, lock.path, lock=True))
-        except OSError as exc:
-            self.counters.error(cache._failed("lock", exc, lock.path, lock=True))
-        try:
-            if lock.locked:
-                value = self.get(key)  # made by the process we waited for
-                if value is not None:
-                    return value
-            value = _checked(factory())
-            self.put(key, value, kind=kind)
-            return value
-        finally:
-            lock.release()
 
 
 def _checked(value: object) -> bytes:
@@ -522,17 +555,31 @@ class _SourceError(Exception):
         self.original = original
 
 
-def _iter_source(source: Source) -> Iterable[bytes]:
+def _iter_source(source: Source) -> Iterable[bytes | bytearray | memoryview]:
+    """The chunks of a file object or an iterable, checked: anything but a
+    bytes-like chunk is the caller's TypeError (``bytes(5)`` would store five
+    zero bytes), and a non-blocking file whose ``read()`` returns None (no
+    data yet) is refused rather than taken as the end: storing a prefix as
+    the value would serve wrong bytes."""
     read = getattr(source, "read", None)
     try:
         if read is not None:
             while True:
                 chunk = read(_CHUNK)
+                if chunk is None:
+                    raise BlockingIOError(
+                        "put_stream(): source.read() returned None (a non-blocking stream with no data "
+                        "ready); pass a blocking stream"
+                    )
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"put_stream(): source.read() returned {type(chunk).__name__}, not bytes")
                 if not chunk:
                     return
                 yield chunk
         else:
             for chunk in source:
-                yield bytes(chunk)
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"put_stream(): the source yielded {type(chunk).__name__}, not bytes-like chunks")
+                yield chunk
     except Exception as exc:  # noqa: BLE001
         raise _SourceError(exc) from exc

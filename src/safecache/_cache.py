@@ -8,7 +8,7 @@ import os
 import sys
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _bucket, _errors, _fs, _layout, _location, _policy, _stats
+from . import _bucket, _errors, _fs, _layout, _location, _policy, _stats, _trust
 from ._location import DISABLED, READ_ONLY, READY, Location
 
 if TYPE_CHECKING:
@@ -110,22 +110,39 @@ class Cache:
         durable: bool = False,
         retry_budget: float = _fs.DEFAULT_RETRY_BUDGET,
         lock_timeout: float = 600.0,
-        max_size: int | None = DEFAULT_MAX_SIZE,
-        max_age: float | None = DEFAULT_MAX_AGE,
-        trim_interval: float = DEFAULT_TRIM_INTERVAL,
+        max_size: int | str | None = DEFAULT_MAX_SIZE,
+        max_age: float | str | None = DEFAULT_MAX_AGE,
+        trim_interval: float | str = DEFAULT_TRIM_INTERVAL,
         auto_trim: bool = True,
+        shared: bool | None = None,
     ) -> None:
+        if path is not None and not os.fspath(path):
+            # An unset shell variable ("--cache-dir $UNSET") must not mean the
+            # current directory: markers would land in the user's project.
+            raise ValueError("the cache path is empty; pass a directory, or None for the default location")
+        app_prefix = "".join(c if c.isascii() and c.isalnum() else "_" for c in app_name.upper()) if app_name else ""
         if env_var is None and app_name:
-            env_var = "".join(c if c.isascii() and c.isalnum() else "_" for c in app_name.upper()) + "_CACHE_DIR"
+            env_var = app_prefix + "_CACHE_DIR"
         self.app_name = app_name
+        self.env_var = env_var
         self.strict = strict
         self.durable = durable
-        self.retry_budget = float(retry_budget)
-        self.lock_timeout = float(lock_timeout)
-        self.max_size = max_size
-        self.max_age = max_age
-        self.trim_interval = float(trim_interval)
+        self.retry_budget = _number("retry_budget", retry_budget)
+        self.lock_timeout = _number("lock_timeout", lock_timeout)
+        self.max_size: int | None = None if max_size is None else int(_number("max_size", max_size, size=True))
+        self.max_age = None if max_age is None else _number("max_age", max_age, duration=True)
+        self.trim_interval = _number("trim_interval", trim_interval, duration=True)
         self.auto_trim = auto_trim
+        if shared is None:
+            shared = any(
+                _location.env_truthy(os.environ.get(var))
+                for var in (app_prefix + "_CACHE_SHARED" if app_prefix else "", "SAFECACHE_SHARED")
+                if var
+            )
+        #: Whether this cache trusts directories other users own (docs/security.md).
+        self.shared = bool(shared)
+        #: Mode of the files it creates (directories follow: _fs.dir_mode_for).
+        self.file_mode = _trust.file_mode(self.shared)
         self.debug_keys = _location.env_truthy(os.environ.get("SAFECACHE_DEBUG_KEYS"))
         self._lock = _thread.allocate_lock()
         self._buckets: dict[tuple[str, int], Bucket] = {}
@@ -142,7 +159,7 @@ class Cache:
             self.state_reason = self.location.source
             return
         try:
-            probed = _location.probe(self.path)
+            probed = _location.probe(self.path, shared=self.shared, env_var=env_var)
         except OSError as exc:  # a probe failure disables; nothing raises
             probed = _location.RootState(DISABLED, f"the cache directory could not be examined: {exc}", "unavailable")
         self.state = probed.state
@@ -151,7 +168,7 @@ class Cache:
             if strict and probed.state == DISABLED:
                 if probed.error is not None:
                     raise _policy.make_error(probed.error, operation="open", path=self.path, message=probed.reason)
-                cls = _errors.CachePermissionError if probed.cause == "permission" else _errors.CacheUnavailableError
+                cls = _errors.CachePermissionError if probed.cause in ("permission", "owner") else _errors.CacheUnavailableError
                 raise cls(probed.reason, filename=self.path, operation="open", cause=probed.cause or None)
             self._announce(probed.cause or "unavailable", probed.reason)
 
@@ -208,8 +225,11 @@ class Cache:
         be written or whose root was never created."""
         if self.state != READY or self.path is None:
             return
-        if not (self._root_ready or _location.markers_present(self.path)):
-            return  # never create a root just to store counters
+        if not _location.markers_present(self.path):
+            # Never create a root just to store counters: not one that was
+            # never written, nor one deleted while we ran (it would come back
+            # without its markers).
+            return
         with self._lock:
             buckets = list(self._buckets.values())
         deltas: dict[str, dict[str, object]] = {}
@@ -263,7 +283,7 @@ class Cache:
         assert self.path is not None
         try:
             if not _location.markers_present(self.path):
-                _location.write_markers(self.path, self.app_name)
+                _location.write_markers(self.path, self.app_name, mode=self.file_mode)
         except OSError as exc:
             exists = _fs.exists(self.path)
             if _location.is_permission_problem(exc):
@@ -343,3 +363,22 @@ def _flush_all() -> None:
             cache.close()
         except Exception:  # noqa: BLE001 - at exit, a cache must never break the caller
             pass
+
+
+def _number(name: str, value: object, *, size: bool = False, duration: bool = False) -> float:
+    """A finite, non-negative setting.  Sizes and durations may also be given
+    as the CLI spells them (``"2G"``, ``"30d"``).  Raises TypeError or
+    ValueError at the call, not later from ``close()``."""
+    if isinstance(value, str) and (size or duration):
+        from ._units import parse_duration, parse_size
+
+        number: float = parse_size(value) if size else parse_duration(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    else:
+        number = value
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    if number < 0:
+        raise ValueError(f"{name} must not be negative, not {value!r}")
+    return float(number)

@@ -32,10 +32,30 @@ TRANSIENT_WINERRORS = frozenset({ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION})
 TRANSIENT_ERRNOS = frozenset({_errno.EBUSY, _errno.ETXTBSY})
 #: Operations where Windows reports a file held open by someone else as error
 #: 5 rather than 32: replacing over an open target, deleting a delete-pending
-#: or mapped file.  Elsewhere (open, mkdir) a 5 is a real ACL denial, and a
-#: real denial never clears, so retrying it would only add two seconds to
-#: every operation of a cache like uv #11409's.
+#: or mapped file.  Elsewhere (open, mkdir) a 5 is a real ACL denial unless
+#: its NT status says the name is delete-pending (:func:`access_denied_cause`),
+#: and a real denial never clears, so retrying it would only add two seconds
+#: to every operation of a cache like uv #11409's.
 RETRY_ACCESS_DENIED_OPS = frozenset({"replace", "rename", "unlink", "rmdir", "link"})
+#: The name of an open for reading (:func:`._fs.read_file`) where
+#: :func:`is_transient` is asked.  It differs from "open" in one case only: a
+#: Windows error 5 whose NT status cannot tell a pending delete from a
+#: permission denial is worth retrying on a read, where a present entry that
+#: reads as a miss hands callers wrong answers one layer up (a CacheControl
+#: 304 with an empty body), and where the caller remembers a denial that
+#: outlasts the budget (per directory) so it is paid for once.
+OPEN_FOR_READ = "open-for-read"
+
+# -- NT status codes ---------------------------------------------------------------
+# The NTSTATUS a failed Win32 call leaves in the thread's TEB beside the Win32
+# code (learn.microsoft.com, [MS-ERREF] 2.3.1 "NTSTATUS Values").  Win32
+# collapses both of these into ERROR_ACCESS_DENIED (5), so an open refused with
+# 5 is judged by its status: safecache's Windows open (``_win32.open_shared``)
+# puts it on the exception as ``ntstatus``, as LLVM's ``mapLastWindowsError``
+# reads it (llvm/llvm-project #89137).
+STATUS_ACCESS_DENIED = 0xC0000022  # an ACL or the read-only attribute: permanent
+STATUS_DELETE_PENDING = 0xC0000056  # deleted while another handle is open: transient
+
 #: The file system cannot lock at all (NFS without lockd, some FUSE and SMB mounts).
 LOCK_UNSUPPORTED_ERRNOS = frozenset(
     e
@@ -62,20 +82,58 @@ def winerror(exc: BaseException) -> int | None:
 
 
 def is_transient(exc: OSError, op: str) -> bool:
-    """Whether ``exc`` from ``op`` is worth retrying (the file is in use)."""
+    """Whether ``exc`` from ``op`` is worth retrying (the file is in use).
+
+    Windows error 5 is transient where Windows means "in use" by it
+    (:data:`RETRY_ACCESS_DENIED_OPS`), on any operation whose NT status says
+    the name is delete-pending, and on :data:`OPEN_FOR_READ` unless the
+    status says it is a permission denial (see :func:`access_denied_cause`).
+    """
     code = getattr(exc, "winerror", None)
     if code is not None:
         if code in TRANSIENT_WINERRORS:
             return True
         if code == ERROR_ACCESS_DENIED:
-            return op in RETRY_ACCESS_DENIED_OPS
+            if op in RETRY_ACCESS_DENIED_OPS:
+                return True
+            cause = access_denied_cause(exc)
+            return cause == "delete-pending" or (op == OPEN_FOR_READ and cause == "unknown")
         return False
     return exc.errno in TRANSIENT_ERRNOS
 
 
 def is_busy(exc: OSError) -> bool:
-    """The file is held by another process (whatever the operation)."""
-    return getattr(exc, "winerror", None) in TRANSIENT_WINERRORS or exc.errno in TRANSIENT_ERRNOS
+    """The file is held by another process (whatever the operation): a
+    sharing or lock violation, ``EBUSY``/``ETXTBSY``, or a name that stays
+    delete-pending until another process closes its handle."""
+    return (
+        getattr(exc, "winerror", None) in TRANSIENT_WINERRORS
+        or exc.errno in TRANSIENT_ERRNOS
+        or access_denied_cause(exc) == "delete-pending"
+    )
+
+
+def access_denied_cause(exc: BaseException) -> str | None:
+    """What a Windows error 5 means, as far as its NT status (``ntstatus``,
+    set by safecache's Windows open) tells; None for any other error.
+
+    ``"delete-pending"``: the file was deleted while another handle was open
+    and the name stays until that handle closes (``DeleteFileW`` docs:
+    "Subsequent calls to CreateFile to open the file fail with
+    ERROR_ACCESS_DENIED"); it clears by itself.  ``"permission"``: an ACL or
+    the read-only attribute; it never clears (uv #11409).  ``"unknown"``: no
+    status, or one that is neither (the status is read from the thread after
+    the call returns, and a wait for the GIL in between may overwrite it):
+    only time tells the two apart.
+    """
+    if getattr(exc, "winerror", None) != ERROR_ACCESS_DENIED:
+        return None
+    status = getattr(exc, "ntstatus", None)
+    if status == STATUS_DELETE_PENDING:
+        return "delete-pending"
+    if status == STATUS_ACCESS_DENIED:
+        return "permission"
+    return "unknown"
 
 
 def locks_unsupported(exc: OSError) -> bool:

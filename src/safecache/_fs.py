@@ -10,7 +10,8 @@ The rules they implement (see docs/format.md for the reasons):
 * a name that readers may hold open is replaced only when the new content
   differs (callers check for an identical entry first), and content that is
   write-once is published without replacing anything;
-* "in use" errors (Windows 5 on mutations, 32, 33; ``EBUSY``, ``ETXTBSY``) are
+* "in use" errors (Windows 5 on mutations and on a name pending delete, 32,
+  33; ``EBUSY``, ``ETXTBSY``) are
   retried with jittered exponential backoff inside a bounded budget, like Go's
   ``robustio``; other errors are not retried;
 * nothing is fsynced unless the caller asks for durability.
@@ -34,6 +35,17 @@ if TYPE_CHECKING:
 
 #: Default retry budget in seconds (Go's robustio uses 2 s).
 DEFAULT_RETRY_BUDGET = 2.0
+#: Modes of created files and directories: never writable by others, even
+#: under ``umask 0`` (docs/security.md).  Shared caches pass group-writable
+#: file modes; directories follow the file mode (:func:`dir_mode_for`).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def dir_mode_for(file_mode: int) -> int:
+    """The mode of a directory created to hold files of ``file_mode``:
+    group-writable only if the files are."""
+    return DIR_MODE | (file_mode & 0o020) | (0o010 if file_mode & 0o020 else 0)
 
 _pid = os.getpid()
 _counter = 0
@@ -100,7 +112,7 @@ if _track_fork:
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def write_small_fast(path: str, data: bytes) -> bool:
+def write_small_fast(path: str, data: bytes, mode: int = FILE_MODE) -> bool:
     """Write ``data`` to a temp file beside ``path`` and rename it over
     ``path``, calling :mod:`os` directly (only when ``_osops.current is
     _osops.fast_path``).  Returns False, having left nothing behind, when
@@ -108,7 +120,7 @@ def write_small_fast(path: str, data: bytes) -> bool:
     which creates missing directories, retries and reports errors."""
     tmp = temp_name(path)
     try:
-        fd = os.open(tmp, _osops.CREATE_FLAGS, 0o666)
+        fd = os.open(tmp, _osops.CREATE_FLAGS, mode)
     except OSError:
         return False
     try:
@@ -128,7 +140,7 @@ def write_small_fast(path: str, data: bytes) -> bool:
 TEMP_SUFFIX = ".tmp"
 
 
-def makedirs(path: str, mode: int = 0o777) -> None:
+def makedirs(path: str, mode: int = DIR_MODE) -> None:
     """Create ``path`` and its parents; racing creators all succeed (pytest #12381)."""
     ops = _osops.current
     try:
@@ -147,16 +159,17 @@ def makedirs(path: str, mode: int = 0o777) -> None:
         pass
 
 
-def create_temp(path: str, *, mode: int = 0o666) -> tuple[str, int]:
+def create_temp(path: str, *, mode: int = FILE_MODE) -> tuple[str, int]:
     """Create a temp file beside ``path`` (making parent directories as
-    needed); return its name and a write descriptor."""
+    needed, of :func:`dir_mode_for` ``mode``); return its name and a write
+    descriptor."""
     ops = _osops.current
     for _ in range(100):
         tmp = temp_name(path)
         try:
             return tmp, ops.open(tmp, _osops.CREATE_FLAGS, mode)
         except FileNotFoundError:
-            makedirs(os.path.dirname(path))
+            makedirs(os.path.dirname(path), dir_mode_for(mode))
         except FileExistsError:  # a dead process's leftover with our pid
             global _counter
             _counter += int.from_bytes(os.urandom(3), "little") + 1
@@ -198,13 +211,13 @@ def fsync_dir(path: str) -> None:
 
 def write_file(
     path: str,
-    chunks: Iterable[bytes | memoryview],
+    chunks: Iterable[bytes | bytearray | memoryview],
     *,
     header: Callable[[], bytes] | None = None,
     replace: bool = True,
     durable: bool = False,
     budget: float = DEFAULT_RETRY_BUDGET,
-    mode: int = 0o666,
+    mode: int = FILE_MODE,
 ) -> bool:
     """Write ``chunks`` to a temp file beside ``path``, then publish it.
 
@@ -303,20 +316,30 @@ def exists(path: str) -> bool:
 
 def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, bytes] | None:
     """Open ``path`` for reading (share-delete on Windows) and return
-    ``(fd, first_block)``; None if it does not exist.  The caller owns the fd."""
+    ``(fd, first_block)``; None if it does not exist or is not a regular
+    file (a FIFO, a device or a directory planted there holds no data of
+    ours, and must never block the caller).  The caller owns the fd.
+
+    An open refused because another process holds the file (Windows 32, 33,
+    or 5 for a name pending delete) is retried within ``budget``, as Go's
+    robustio retries its reads: a present entry must not read as a miss.
+    A Windows 5 whose cause is unknown is retried once per directory
+    (:func:`_reopen_for_read`).  Other errors propagate.
+    """
     ops = _osops.current
     try:
         fd = ops.open(path, _osops.READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if not is_transient(exc, "open"):
-            raise
-        try:
-            fd = retry("open", ops.open, path, _osops.READ_FLAGS, budget=budget, prior=1)
-        except FileNotFoundError:
+        reopened = _reopen_for_read(path, exc, budget)
+        if reopened is None:
             return None
+        fd = reopened
     try:
+        if not _stat.S_ISREG(ops.fstat(fd).st_mode):
+            ops.close(fd)
+            return None
         try:
             return fd, ops.read(fd, 1 << 16)
         except OSError as exc:
@@ -326,6 +349,62 @@ def read_file(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> tuple[int, 
     except BaseException:
         ops.close(fd)
         raise
+
+
+#: Directories where a Windows 5 of unknown cause outlasted a whole budget on
+#: an open for reading: taken for the permission denial it most likely is,
+#: and not retried again in this process.
+_READ_DENIED_MAX = 256
+_read_denied: dict[str, None] = {}
+
+
+def _reopen_for_read(path: str, first: OSError, budget: float) -> int | None:
+    """Retry an open of ``path`` for reading that failed with ``first``;
+    return the fd, None if the file is gone, or raise.
+
+    Retried: what Go's robustio retries on reads (src/cmd/internal/robustio:
+    ERROR_ACCESS_DENIED, ERROR_SHARING_VIOLATION; not ERROR_FILE_NOT_FOUND,
+    "the file may also genuinely not exist"), plus 33, EBUSY, ETXTBSY --
+    but not a 5 whose NT status says "access denied" (uv #11409: it never
+    clears, so it costs no budget).  A 5 without a telling status may be a
+    pending delete or a denial, and only time tells: if it outlasts the
+    budget its directory is remembered (a genuinely unreadable entry costs
+    one budget per directory per process) and the last error is raised
+    unmarked, as the permission denial it is (docs/concurrency.md).
+    """
+    op = _errcodes.OPEN_FOR_READ
+    directory = os.path.dirname(path)
+    unknown = _errcodes.access_denied_cause(first) == "unknown"
+    if not is_transient(first, op) or (unknown and directory in _read_denied):
+        raise first
+    ops = _osops.current
+    last = first
+
+    def attempt() -> int:
+        nonlocal last
+        try:
+            return ops.open(path, _osops.READ_FLAGS)
+        except OSError as exc:
+            last = exc
+            raise
+
+    try:
+        return retry(op, attempt, budget=budget, prior=1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if getattr(exc, "_safecache_exhausted", None) and _errcodes.access_denied_cause(last) == "unknown":
+            if len(_read_denied) >= _READ_DENIED_MAX:
+                _read_denied.clear()  # bounded: start afresh (atomic, as the set below: no lock)
+            _read_denied[directory] = None
+            raise last from None
+        raise
+
+
+def forget_read_denials() -> None:
+    """Forget the directories remembered as unreadable (tests; a long-running
+    process told that permissions were fixed)."""
+    _read_denied.clear()
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -445,3 +524,64 @@ def rmtree(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
 def touch(path: str) -> None:
     """Set ``path``'s mtime to now (used to record use)."""
     _osops.current.utime(path, None)
+
+
+def discard_tree(path: str, *, budget: float = 0.5) -> None:
+    """Remove the directory tree ``path`` if possible; never raises (used on
+    failure paths and for private temp directories)."""
+    try:
+        rmtree(path, budget=budget)
+    except OSError:
+        pass
+
+
+def make_temp_dir(parent: str | None = None, *, prefix: str = "safecache-") -> str:
+    """Create a new private directory in ``parent`` and return its path.
+
+    ``parent`` defaults to the system's temp directory (``tempfile``'s
+    choice: ``TMPDIR``, ``TEMP``, ``TMP``, then the platform's).  The name
+    is ``prefix`` and 16 random hex digits; the directory is created
+    exclusively (a name that exists is never reused, so nothing planted in a
+    shared temp directory is adopted) with mode 0o700.  Raises ``OSError``.
+    """
+    if parent is None:
+        import tempfile  # not at import time: it costs milliseconds and most runs never need it
+
+        parent = tempfile.gettempdir()
+    ops = _osops.current
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(8).hex())
+        try:
+            ops.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not find a free temp directory name", parent)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy the contents of directory ``src`` into the existing directory ``dst``.
+
+    Never follows a symlink: symlinks are copied as symlinks, directories
+    are recreated (as :func:`makedirs` creates them), regular files are
+    copied by :meth:`OsOps.copyfile` (with their permission bits); files and
+    directories keep their modification times.  Anything else (a FIFO, a
+    device) raises ``OSError`` as ``copyfile`` does.  Errors propagate and
+    what was copied stays: the caller removes ``dst``.
+    """
+    ops = _osops.current
+    with ops.scandir(src) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        target = os.path.join(dst, entry.name)
+        st = entry.stat(follow_symlinks=False)
+        if _stat.S_ISLNK(st.st_mode):
+            ops.symlink(ops.readlink(entry.path), target)
+            continue
+        if _stat.S_ISDIR(st.st_mode):
+            makedirs(target)
+            copy_tree(entry.path, target)
+        else:
+            ops.copyfile(entry.path, target)
+        # Build tools compare mtimes: a committed copy keeps the source's.
+        ops.utime(target, (st.st_atime, st.st_mtime))

@@ -242,3 +242,58 @@ def is_trash(name: str) -> bool:
 def is_zombie(name: str) -> bool:
     """A name Windows still lists for a file deleted while open."""
     return ZOMBIE_INFIX in name
+
+
+# -- for maintenance, which walks what the rest builds ------------------------------------
+def dir_label(name: str, vdir: str) -> str:
+    """:func:`label` from a version directory's name (``"lint"``, ``"v3"`` ->
+    ``lint/v3``); it also names directories no safecache would make, which
+    ``clean`` removes too."""
+    return f"{name}/{vdir}"
+
+
+def shard_of(digest: str) -> str:
+    """The fan-out directory an entry or tree pointer named ``digest`` belongs in."""
+    return digest[:2]
+
+
+def tree_object_locks_dir(locks: str) -> str:
+    """Where the locks of a bucket version's tree objects live (``locks`` is
+    its :func:`bucket_locks_dir`)."""
+    return os.path.join(locks, TREE_OBJECTS)
+
+
+def tree_id_of(name: str) -> str:
+    """The tree id a name in ``tree-objects/`` is about: ``<id>``, ``<id>.tmp``
+    or ``<id>.del-<r>``."""
+    return name[:32]
+
+
+def lock_tree_id(name: str) -> str | None:
+    """The tree id of a tree object's lock file name (``<id>.lock``); None
+    for any other name."""
+    tree_id = name[: -len(LOCK_SUFFIX)]
+    return tree_id if name.endswith(LOCK_SUFFIX) and is_tree_id(tree_id) else None
+
+
+# -- tree ids ------------------------------------------------------------------------------
+def new_tree_id() -> str:
+    """A fresh tree id: 32 random hex digits, so commits never collide and an
+    id is never reused (a removed tree's lock file can then be deleted)."""
+    return os.urandom(16).hex()
+
+
+def staging_tree_id(staging: str) -> str:
+    """The tree id of the staging directory ``staging`` (``.../<id>.tmp``)."""
+    return os.path.basename(staging)[: -len(STAGING_SUFFIX)]
+
+
+# -- doctor's scratch directory ------------------------------------------------------------
+#: ``safecache doctor`` probes each operation in ``.doctor-<pid>/`` inside the
+#: root, and removes it afterwards.
+DOCTOR_SCRATCH_PREFIX = ".doctor-"
+
+
+def doctor_scratch(root: str, pid: int | None = None) -> str:
+    """The scratch directory of the doctor running as ``pid`` (default: this process)."""
+    return os.path.join(root, f"{DOCTOR_SCRATCH_PREFIX}{os.getpid() if pid is None else pid}")

@@ -78,8 +78,11 @@ def resolve_mode(mode: str | None) -> str:
     return name
 
 
-def _unsupported(mode: str, exc: OSError) -> bool:
-    winerror = getattr(exc, "winerror", None)
+def unsupported(mode: str, exc: OSError) -> bool:
+    """Whether ``exc`` means that ``mode`` (``"clone"``, ``"hardlink"`` or
+    ``"symlink"``) does not work here at all, rather than that one file
+    failed: the placer falls back on it, and so does a tree's symlink."""
+    winerror = _errcodes.winerror(exc)
     if winerror is not None:
         if winerror in _UNSUPPORTED_WINERRORS:
             return True
@@ -136,12 +139,12 @@ class Placer:
             return self._fall_back(mode, exc, src, decide=False, to="copy")
         if mode == "copy":
             return None
-        unsupported = _unsupported(mode, exc)
+        refused = unsupported(mode, exc)
         if mode != self._current:  # already going down the chain for this file
-            return self._fall_back(mode, exc, src, decide=False) if unsupported else None
-        if unsupported and not self._decided:  # the first file decides
+            return self._fall_back(mode, exc, src, decide=False) if refused else None
+        if refused and not self._decided:  # the first file decides
             return self._fall_back(mode, exc, src, decide=True)
-        if mode == "clone" and (unsupported or exc.errno in _CLONE_ONE_FILE):
+        if mode == "clone" and (refused or exc.errno in _CLONE_ONE_FILE):
             return self._fall_back(mode, exc, src, decide=False)
         return None
 
@@ -171,6 +174,10 @@ class Placer:
             kind = f"link-fallback:{mode}->{new}" + (":too-many-links" if exc.errno == errno.EMLINK else "")
             _policy.warn_once(kind, "", _warning(mode, new, exc, reason))
         return new
+
+
+#: The name doctor knows it by, until it calls :func:`unsupported`.
+_unsupported = unsupported
 
 
 def _warning(mode: str, new: str, exc: OSError, reason: str) -> str:

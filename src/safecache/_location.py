@@ -13,7 +13,7 @@ import errno
 import os
 import stat as _stat
 import sys
-from . import _fs, _layout, _osops
+from . import _fs, _layout, _osops, _trust
 
 READY = "ready"  # reads and writes
 READ_ONLY = "read-only"  # hits are served, writes are no-ops
@@ -118,13 +118,16 @@ class RootState:
         self.error = error
 
 
-def probe(root: str) -> RootState:
-    """Decide, from a few stat-like calls and without writing, what the root allows."""
+def probe(root: str, *, shared: bool = False, env_var: str | None = None) -> RootState:
+    """Decide, from a few stat-like calls and without writing, what the root
+    allows.  ``shared``: the caller opted into a cache other users write
+    (see :mod:`._trust`).  ``env_var`` is the variable remedies name."""
     ops = _osops.current
+    where = env_var or "SAFECACHE_DIR"
     try:
         st = ops.stat(root)
     except FileNotFoundError:
-        return _probe_missing(root)
+        return _probe_missing(root, shared=shared, where=where)
     except NotADirectoryError as exc:
         return RootState(DISABLED, f"a parent of the cache directory {root!r} is not a directory", "unavailable", error=exc)
     except PermissionError as exc:
@@ -141,38 +144,57 @@ def probe(root: str) -> RootState:
         )
     if not _stat.S_ISDIR(st.st_mode):
         return RootState(DISABLED, f"{root!r} exists but is not a directory; remove it or choose another cache location", "unavailable")
-    euid = getattr(os, "geteuid", lambda: -1)()
+    distrusted = _trust.distrust(root, st, shared=shared)
+    if distrusted:
+        if _trust.euid() == 0:
+            # pip #7488: root reaching a user's cache is sudo without -H;
+            # chown-ing it to root would lock that user out of it.
+            fix = f"use sudo -H, or set {where} to a directory of root's own; do not chown that user's cache"
+        else:
+            fix = (
+                f"if this cache is yours (restored by CI under another account, or written with sudo), give "
+                f"it back: sudo chown -R {_trust.euid()} {_quote(root)}; otherwise set {where} to a directory "
+                "of your own, or, if you trust every user who writes it, opt into a shared cache with "
+                "SAFECACHE_SHARED=1 (docs/security.md)"
+            )
+        return RootState(DISABLED, f"{distrusted}; the cache is disabled. Fix: {fix}", "owner")
+    _trust.repair(root, st, shared=shared)
+    euid = _trust.euid()
     if not os.access(root, os.R_OK | os.X_OK):
         return RootState(
             DISABLED,
-            f"the cache directory {root!r} is not readable by this user (owner uid {st.st_uid}, "
-            f"mode {_stat.filemode(st.st_mode)}); the cache is disabled. Fix with: chown -R "
-            "$(id -u) <dir>, or point the cache elsewhere",
+            f"the cache directory {root!r} is not readable by this user (owner {_trust.owner_name(st.st_uid)}, "
+            f"mode {_stat.filemode(st.st_mode)}); the cache is disabled. Fix with: chmod u+rwx {_quote(root)}, "
+            f"or set {where} to another directory",
             "permission",
         )
-    if euid == 0 and st.st_uid != 0 and sys.platform != "win32":
-        # pip's rule (#7488): as root, a cache owned by someone else is most
-        # likely a user's cache reached through sudo without -H; writing
-        # root-owned files there would break that user's next run.  pip
-        # disables the cache; reading it is harmless, so we serve hits.
-        return RootState(
-            READ_ONLY,
-            f"the cache directory {root!r} is owned by uid {st.st_uid}, not by root; writing is "
-            "disabled so root-owned files do not break that user's cache (running with sudo? "
-            "use sudo -H, or set SAFECACHE_DIR)",
-            "owner",
-        )
+    for name in (_layout.BUCKETS, _layout.LOCKS, _layout.STATS):
+        inner = _trust.check_dir(os.path.join(root, name), shared=shared)
+        if inner:
+            return RootState(
+                DISABLED,
+                f"{inner}; the cache is disabled. Remove it (rm -r {_quote(os.path.join(root, name))}) "
+                f"or set {where} to another directory",
+                "owner",
+            )
     if _read_only_fs(root):
         return RootState(READ_ONLY, f"the file system holding {root!r} is mounted read-only", "read-only")
     if euid != 0 and not os.access(root, os.W_OK):
+        fix = f"chmod u+w {_quote(root)}" if st.st_uid == euid else f"ask its owner for write access to {_quote(root)}"
         return RootState(
             READ_ONLY,
-            f"the cache directory {root!r} is not writable by this user (owner uid {st.st_uid}, "
-            f"mode {_stat.filemode(st.st_mode)}); hits are served, nothing new is stored. Fix with: "
-            "chown -R $(id -u) <dir> (a cache restored by CI often arrives owned by another user)",
+            f"the cache directory {root!r} is not writable by this user (owner {_trust.owner_name(st.st_uid)}, "
+            f"mode {_stat.filemode(st.st_mode)}); hits are served, nothing new is stored. Fix with: {fix}, "
+            f"or set {where} to another directory",
             "permission",
         )
     return RootState(READY)
+
+
+def _quote(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
 
 
 def nearest_existing(path: str) -> str:
@@ -186,22 +208,27 @@ def nearest_existing(path: str) -> str:
         path = parent
 
 
-def _probe_missing(root: str) -> RootState:
+def _probe_missing(root: str, *, shared: bool, where: str) -> RootState:
     """A root that does not exist yet is ready if it can be created: its
-    nearest existing ancestor must be a writable directory (pip's check)."""
+    nearest existing ancestor must be a writable directory (pip's check)
+    that this user owns, or a sticky one like ``/tmp`` (see :mod:`._trust`)."""
     ancestor = nearest_existing(os.path.dirname(root))
     if not os.path.isdir(ancestor):
         return RootState(DISABLED, f"the cache directory {root!r} cannot be created: {ancestor!r} is not a directory",
                          "unavailable", exists=False)
-    euid = getattr(os, "geteuid", lambda: -1)()
+    euid = _trust.euid()
     if euid != 0 and not os.access(ancestor, os.W_OK | os.X_OK):
         return RootState(
             DISABLED,
             f"the cache directory {root!r} does not exist and cannot be created: {ancestor!r} is not writable "
-            "by this user; the cache is disabled. Create it with the right owner, or set SAFECACHE_DIR",
+            f"by this user; the cache is disabled. Create it with the right owner, or set {where}",
             "permission",
             exists=False,
         )
+    foreign = _trust.check_ancestor(root, ancestor, shared=shared)
+    if foreign:
+        return RootState(DISABLED, f"{foreign}; the cache is disabled. Set {where} to a directory of this user's",
+                         "owner", exists=False)
     if _read_only_fs(ancestor):
         return RootState(DISABLED, f"the cache directory {root!r} cannot be created: the file system holding "
                          f"{ancestor!r} is mounted read-only", "read-only", exists=False)
@@ -218,14 +245,14 @@ def _read_only_fs(root: str) -> bool:
         return False
 
 
-def write_markers(root: str, owner: str | None = None) -> None:
+def write_markers(root: str, owner: str | None = None, *, mode: int = _fs.FILE_MODE) -> None:
     """Create the root and its markers (CACHEDIR.TAG, .gitignore, README).
 
     Safe to race with any number of processes doing the same: each marker is
     written to a temp file and published without replacing (whoever is first
     wins, the others see it there).  Errors propagate.
     """
-    _fs.makedirs(root)
+    _fs.makedirs(root, _fs.dir_mode_for(mode))
     owner_text = f" for {owner}" if owner else ""
     for name, text in (
         (_layout.CACHEDIR_TAG, CACHEDIR_TAG),
@@ -235,7 +262,7 @@ def write_markers(root: str, owner: str | None = None) -> None:
         target = os.path.join(root, name)
         if _fs.exists(target):
             continue
-        _fs.write_file(target, [text.encode()], replace=False)
+        _fs.write_file(target, [text.encode()], replace=False, mode=mode)
 
 
 def markers_present(root: str) -> bool:

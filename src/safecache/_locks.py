@@ -11,6 +11,9 @@ Every wait has a timeout.  When the file system cannot lock at all (ENOLCK,
 ENOSYS, EOPNOTSUPP: NFS without a lock daemon, some FUSE and SMB mounts,
 uv #9050), ``acquire`` raises ``OSError`` with that errno and the caller
 decides to go on without the lock.
+
+:func:`compute_once` is the one compute-once protocol over these locks
+(``Bucket.get_or_create`` and ``Trees.get_or_create``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ import os
 import time
 
 from . import _errcodes, _errors, _fs, _osops
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+if TYPE_CHECKING:
+    from typing import Callable, TypeVar
+
+    T = TypeVar("T")
 
 
 class FileLock:
@@ -109,3 +118,45 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def compute_once(
+    lock_path: str | None,
+    *,
+    timeout: float,
+    lookup: Callable[[], T | None],
+    create: Callable[[], T],
+    lock_failed: Callable[[OSError, str], object],
+) -> T:
+    """Run ``create`` for a value that the caller's ``lookup`` just missed,
+    so that among threads and processes missing it at once only one creates it.
+
+    The protocol: take the exclusive lock at ``lock_path``, waiting at most
+    ``timeout`` seconds; with it held, ``lookup()`` again (the process we
+    waited for may have stored the value) and return what it finds;
+    otherwise ``create()`` (which makes the value and stores it) and return
+    its result.  The lock is released however ``create`` ends, and the OS
+    releases it if this process dies, so a waiter takes over.
+
+    If the lock cannot be taken (``LockTimeoutError``, a file system without
+    locks, any ``OSError``), ``lock_failed(exc, lock_path)`` applies the
+    cache's error policy (strict mode raises there) and ``create`` runs
+    without the lock: the value may then be made twice, which is slower but
+    never wrong.  ``lock_path=None`` (the cache cannot store) runs
+    ``create`` at once.  Exceptions from ``lookup`` and ``create`` propagate.
+    """
+    if lock_path is None:
+        return create()
+    lock = FileLock(lock_path, timeout=timeout)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        lock_failed(exc, lock_path)
+    try:
+        if lock.locked:
+            found = lookup()
+            if found is not None:
+                return found
+        return create()
+    finally:
+        lock.release()

@@ -30,11 +30,13 @@ O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOINHERIT = getattr(os, "O_NOINHERIT", 0)
 BASE_FLAGS = O_BINARY | O_NOFOLLOW | O_CLOEXEC | O_NOINHERIT
-READ_FLAGS = os.O_RDONLY | BASE_FLAGS
+# Every open for reading is non-blocking and never takes a controlling
+# terminal: a FIFO or device planted at an entry, a pointer, a counter file
+# or a source to copy must not hang the caller (regular files ignore both
+# flags).  Readers then refuse anything but a regular file.
+READ_FLAGS = os.O_RDONLY | BASE_FLAGS | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | BASE_FLAGS
-# Opening a source to copy: a FIFO or device planted in its place must not
-# block the open or become the controlling terminal (regular files ignore both).
-SOURCE_FLAGS = READ_FLAGS | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+SOURCE_FLAGS = READ_FLAGS
 
 
 class OsOps:
@@ -196,6 +198,10 @@ class OsOps:
 
     def symlink(self, src: str, dst: str) -> None:
         os.symlink(src, dst)
+
+    def readlink(self, path: str) -> str:
+        """The target a symlink holds (trees record and copy symlinks as such)."""
+        return os.readlink(path)
 
 
 # -- whole-file helpers (called by OsOps.clone and OsOps.copyfile) ------------

@@ -22,6 +22,10 @@ import os
 
 from . import _fs, _layout, _locks, _osops
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
 SHARDS = _layout.STATS_SHARDS
 _FORMAT = 1
 #: Fields summed across shards (``errors`` is a dict of cause -> count).
@@ -150,9 +154,24 @@ def read_totals(root: str) -> dict[str, dict[str, object]]:
     return total
 
 
-def rebase(root: str, sizes: dict[str, tuple[int, int]], *, timeout: float = 2.0) -> None:
-    """Record exact ``(size, entries)`` per bucket label (from a full walk)
-    as the baseline and zero the shards' size and entry deltas.
+def rebase(
+    root: str,
+    sizes: dict[str, tuple[int, int]],
+    *,
+    full: bool = True,
+    drop: Iterable[str] = (),
+    drop_all: bool = False,
+    timeout: float = 2.0,
+) -> None:
+    """Record exact ``(size, entries)`` per bucket label (from a walk) as the
+    baseline and zero those labels' size and entry deltas in the shards.
+
+    ``full`` (the walk saw all of the cache): every other label's size is
+    zero too.  Otherwise labels that were not walked keep their counts,
+    which a walk of some buckets needs.  The labels in ``drop`` (every
+    label with ``drop_all``) are forgotten entirely, counters and all (their
+    bucket versions were removed).  With nothing to record and no counters
+    on disk there is nothing to do.
 
     Holds every shard's lock while it does so, so no flush lands between
     the reset and the new baseline.  Writers still running during the walk
@@ -160,32 +179,52 @@ def rebase(root: str, sizes: dict[str, tuple[int, int]], *, timeout: float = 2.0
     later is counted twice, one written after the walk passed its shard and
     flushed before the rebase is missed.  The next rebase corrects both.
     """
+    dropped = set(drop)
+    if not sizes and not _fs.exists(_layout.stats_dir(root)):
+        return
+
+    def forgotten(label: str) -> bool:
+        return drop_all or label in dropped
+
+    def rebased(label: str) -> bool:
+        return full or label in sizes
+
     locks = [_locks.FileLock(_layout.stats_shard_lock(root, n), timeout=timeout) for n in range(SHARDS)]
     held: list[_locks.FileLock] = []
     try:
         for lock in locks:
             lock.acquire()
             held.append(lock)
-        baseline_path = _layout.stats_baseline(root)
-        baseline = _read_doc(baseline_path)
         for n in range(SHARDS):
-            path = _layout.stats_shard_n(root, n)
-            doc = _read_doc(path)
-            changed = False
-            for data in doc.values():
-                if data.get("size") or data.get("entries"):
-                    data["size"] = data["entries"] = 0
-                    changed = True
-            if changed:
-                _write_doc(path, doc)
-        for label in set(baseline) | set(sizes):
+            _reset_shard(_layout.stats_shard_n(root, n), forgotten, rebased)
+        baseline_path = _layout.stats_baseline(root)
+        baseline = {label: data for label, data in _read_doc(baseline_path).items() if not forgotten(label)}
+        for label in (set(baseline) | set(sizes)) if full else set(sizes):
+            if forgotten(label):
+                continue
             entry = baseline.setdefault(label, _empty())
-            size, entries = sizes.get(label, (0, 0))
-            entry["size"], entry["entries"] = size, entries
+            entry["size"], entry["entries"] = sizes.get(label, (0, 0))
         _write_doc(baseline_path, baseline)
     finally:
         for lock in held:
             lock.release()
+
+
+def _reset_shard(path: str, forgotten: Callable[[str], bool], rebased: Callable[[str], bool]) -> None:
+    """Delete the ``forgotten`` labels from a shard and zero the size and
+    entry deltas of the ``rebased`` ones (under the shard's lock)."""
+    doc = _read_doc(path)
+    changed = False
+    for label in list(doc):
+        data = doc[label]
+        if forgotten(label):
+            del doc[label]
+            changed = True
+        elif rebased(label) and (data.get("size") or data.get("entries")):
+            data["size"] = data["entries"] = 0
+            changed = True
+    if changed:
+        _write_doc(path, doc)
 
 
 def entry_size(path: str) -> int:

@@ -20,6 +20,8 @@ import msvcrt  # noqa: E402
 import os
 from ctypes import wintypes
 
+from . import _errcodes
+
 _kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
 _CreateFileW = _kernel32.CreateFileW
 _CreateFileW.argtypes = [
@@ -44,9 +46,31 @@ FILE_ATTRIBUTE_NORMAL = 0x80
 FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000  # do not follow symlinks/junctions
 INVALID_HANDLE_VALUE = wintypes.HANDLE(-1).value
 
+# The NT status of the thread's last failed call (TEB LastStatusValue).  Not
+# in the SDK headers but exported by ntdll since Windows XP; LLVM reads it the
+# same way to tell a delete-pending file from an access denial, which Win32
+# both reports as ERROR_ACCESS_DENIED (llvm/lib/Support/ErrorHandling.cpp,
+# mapLastWindowsError; llvm/llvm-project #89137).  A PyDLL function keeps
+# the GIL: reading it must not wait for the GIL a second time, since a
+# wait's own failure (a timed-out condition variable) can overwrite the
+# status.  The wait after CreateFileW returns cannot be avoided, so the
+# status is only trusted when it is one of the two that decide
+# (_errcodes.access_denied_cause); anything else counts as unknown.
+_RtlGetLastNtStatus = getattr(ctypes.PyDLL("ntdll"), "RtlGetLastNtStatus", None)
+if _RtlGetLastNtStatus is not None:
+    _RtlGetLastNtStatus.argtypes = []
+    _RtlGetLastNtStatus.restype = ctypes.c_ulong  # NTSTATUS is a LONG; read it unsigned (0xC0000056)
+
 
 def open_shared(path: str, flags: int) -> int:
-    """Open ``path`` read-only, sharing read, write and delete; return a CRT fd."""
+    """Open ``path`` read-only, sharing read, write and delete; return a CRT fd.
+
+    A failure raises the ``OSError`` CPython raises for its Windows code
+    (``winerror`` set).  For error 5 it also carries ``ntstatus``, the NT
+    status of the failed open (an ``int``, or None if it could not be read):
+    ``STATUS_DELETE_PENDING`` for a name deleted while another handle is open,
+    ``STATUS_ACCESS_DENIED`` for an ACL or attribute denial.
+    """
     handle = _CreateFileW(
         path,
         GENERIC_READ,
@@ -57,8 +81,14 @@ def open_shared(path: str, flags: int) -> int:
         None,
     )
     if handle == INVALID_HANDLE_VALUE:
-        winerror = ctypes.get_last_error()
-        raise ctypes.WinError(winerror)  # an OSError subclass with .winerror and errno mapped
+        # First, before anything else this thread does can overwrite it
+        # (inline: even a Python call can let this thread wait for the GIL).
+        status: int | None = None if _RtlGetLastNtStatus is None else int(_RtlGetLastNtStatus())
+        winerror = ctypes.get_last_error()  # saved by ctypes right after the call
+        exc = ctypes.WinError(winerror)  # an OSError subclass with .winerror and errno mapped
+        if winerror == _errcodes.ERROR_ACCESS_DENIED:
+            exc.ntstatus = status  # type: ignore[attr-defined]
+        raise exc
     try:
         return msvcrt.open_osfhandle(handle, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except BaseException:

@@ -41,8 +41,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
-from . import _cli
-from ._cli import COMMANDS, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, parse_duration, parse_size
+from . import _cli, _cli_commands
+from ._cli import COMMANDS
+from ._cli_commands import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from ._units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -80,7 +82,7 @@ class _Runner:
         if getattr(args, "safecache_command", None) is None:
             self.parser.print_help(sys.stderr)
             return EXIT_USAGE
-        return _cli.run_guarded(lambda: _cli.execute(args, self.cache))
+        return _cli_commands.run_guarded(lambda: _cli_commands.execute(args, self.cache))
 
 
 def add_commands(

@@ -6,11 +6,14 @@ directory, locks, link modes, free space, leftovers, counters) and returns a
 :class:`Report` of :class:`Finding` objects, each ``ok``, ``warn`` or
 ``fail`` with what was seen and, unless ok, what to do.  :func:`render`
 formats a report as the CLI prints it; ``Report.as_dict()`` is its JSON
-(schema :data:`SCHEMA`).  docs/doctor.md lists every check.
+(schema :data:`SCHEMA`).  :data:`ERROR_CAUSES` explains each error cause
+the counters record (the ``errors`` check).  docs/doctor.md lists every check.
 """
 
 from __future__ import annotations
 
-from ._doctor import FAIL, OK, SCHEMA, WARN, Finding, Report, diagnose, render
+from ._doctor import diagnose
+from ._doctor_remedies import ERROR_CAUSES
+from ._doctor_report import FAIL, OK, SCHEMA, WARN, Finding, Report, render
 
-__all__ = ["FAIL", "OK", "SCHEMA", "WARN", "Finding", "Report", "diagnose", "render"]
+__all__ = ["ERROR_CAUSES", "FAIL", "OK", "SCHEMA", "WARN", "Finding", "Report", "diagnose", "render"]

@@ -9,13 +9,17 @@ describes each operation, its guarantees and its cost.
 
     >>> import safecache, safecache.maintenance as maintenance
     >>> cache = safecache.Cache("/tmp/example-cache")
-    >>> report = maintenance.prune(cache, max_age=7 * 86400)
+    >>> report = maintenance.prune(cache, older_than=7 * 86400)
     >>> report.freed_bytes >= 0
     True
 """
 
 from __future__ import annotations
 
-from ._maintenance import Report, clean, info, list_buckets, maybe_trim, prune, trim, verify
+from ._info import info, list_buckets
+from ._prune import clean, prune
+from ._trim import maybe_trim, trim
+from ._verify import verify
+from ._walk import Report
 
 __all__ = ["Report", "clean", "info", "list_buckets", "maybe_trim", "prune", "trim", "verify"]

@@ -12,8 +12,9 @@ behaves differently, so the code under test is the real code:
   exceptions CPython raises on Windows (``PermissionError`` with
   ``winerror`` 5 or 32, ``FileExistsError`` with ``winerror`` 183, ...).
   Open handles are visible across processes, so many real processes can
-  share one cache root under the emulation.  It can also inject the
-  transient denials an antivirus scanner causes.
+  share one cache root under the emulation.  It can also inject what other
+  programs cause: the transient denials of an antivirus scanner, names
+  pending delete, and ACL denials.
 * :class:`FaultOps` (installed with :func:`inject_errors`) raises a chosen
   error from chosen operations, on top of whatever is in force.
 
@@ -33,7 +34,8 @@ and a local file system that supports them (not NFS).  :class:`FaultOps`
 works everywhere.
 
 The modules behind this one are private, one concept each:
-``_winerror`` (Windows error codes and exceptions), ``_perprocess``
+``_winerror`` (Windows error codes and exceptions), ``_actors`` (what
+other programs do: scanners, pending deletes, ACLs), ``_perprocess``
 (per-process random streams and counters), ``_handles`` (the cross-process
 handle table, byte-range locks, :func:`holding`), ``_names`` (names Windows
 refuses, rename without replace, delete-pending names), ``_windows``
@@ -61,8 +63,8 @@ from ._handles import holding
 from ._install import disable_windows_semantics, enable_windows_semantics, windows_semantics
 from ._windows import WindowsOps, WindowsOptions
 
-# The Windows error numbers the emulator raises; importable from here as
-# before the split, though not part of __all__.
+# The Windows error numbers the emulator raises, and the NT statuses it puts
+# on an error 5 (``ntstatus``); importable from here, though not part of __all__.
 from ._winerror import ERROR_ACCESS_DENIED as ERROR_ACCESS_DENIED
 from ._winerror import ERROR_ALREADY_EXISTS as ERROR_ALREADY_EXISTS
 from ._winerror import ERROR_DIR_NOT_EMPTY as ERROR_DIR_NOT_EMPTY
@@ -74,6 +76,8 @@ from ._winerror import ERROR_LOCK_VIOLATION as ERROR_LOCK_VIOLATION
 from ._winerror import ERROR_NOT_SUPPORTED as ERROR_NOT_SUPPORTED
 from ._winerror import ERROR_PRIVILEGE_NOT_HELD as ERROR_PRIVILEGE_NOT_HELD
 from ._winerror import ERROR_SHARING_VIOLATION as ERROR_SHARING_VIOLATION
+from ._winerror import STATUS_ACCESS_DENIED as STATUS_ACCESS_DENIED
+from ._winerror import STATUS_DELETE_PENDING as STATUS_DELETE_PENDING
 from ._winerror import WinError, make_oserror
 
 __all__ = [

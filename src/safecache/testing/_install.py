@@ -39,7 +39,9 @@ def windows_semantics(
     symlinks: bool = False,
     strict_names: bool = True,
     transient_denials: float = 0.0,
+    transient_read_denials: float | None = None,
     transient_lock_violations: float | None = None,
+    acl_denied: tuple[str, ...] | list[str] = (),
     seed: int | None = None,
     block_cloning: bool = False,
 ) -> Iterator[WindowsOps]:
@@ -58,7 +60,9 @@ def windows_semantics(
         symlinks=symlinks,
         strict_names=strict_names,
         transient_denials=transient_denials,
+        transient_read_denials=transient_read_denials,
         transient_lock_violations=transient_lock_violations,
+        acl_denied=acl_denied,
         seed=seed,
         block_cloning=block_cloning,
     )
@@ -74,7 +78,9 @@ def enable_windows_semantics(
     symlinks: bool = False,
     strict_names: bool = True,
     transient_denials: float = 0.0,
+    transient_read_denials: float | None = None,
     transient_lock_violations: float | None = None,
+    acl_denied: tuple[str, ...] | list[str] = (),
     seed: int | None = None,
     block_cloning: bool = False,
 ) -> WindowsOps:
@@ -92,7 +98,9 @@ def enable_windows_semantics(
         symlinks=symlinks,
         strict_names=strict_names,
         transient_denials=transient_denials,
+        transient_read_denials=transient_read_denials,
         transient_lock_violations=transient_lock_violations,
+        acl_denied=acl_denied,
         seed=seed,
         block_cloning=block_cloning,
     )

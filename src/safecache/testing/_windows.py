@@ -18,6 +18,7 @@ from typing import TypedDict
 from safecache import _osops
 from safecache._osops import OsOps  # published as safecache.testing.OsOps
 
+from . import _actors
 from ._handles import (
     _byte_range_locked,
     _handles,
@@ -28,7 +29,7 @@ from ._handles import (
     _unlock_byte,
 )
 from ._names import _is_zombie, _name_problem, _pending, _reap, _rename_noreplace, _zombie_name
-from ._perprocess import _check_probability, _PerProcess
+from ._perprocess import _PerProcess
 from ._winerror import (
     ERROR_ACCESS_DENIED,
     ERROR_ALREADY_EXISTS,
@@ -41,6 +42,8 @@ from ._winerror import (
     ERROR_NOT_SUPPORTED,
     ERROR_PRIVILEGE_NOT_HELD,
     ERROR_SHARING_VIOLATION,
+    STATUS_ACCESS_DENIED,
+    STATUS_DELETE_PENDING,
     _as_win32_error,
     _win32,
     _windows_error,
@@ -57,21 +60,12 @@ class WindowsOptions(TypedDict):
     symlinks: bool
     strict_names: bool
     transient_denials: float
+    transient_read_denials: float | None
     transient_lock_violations: float | None
+    acl_denied: tuple[str, ...]
     seed: int | None
     block_cloning: bool
 
-
-# Operations an antivirus scanner or indexer can make fail for a moment, and
-# the Windows errors each one sees (sharing violation, or access denied:
-# MoveFileExW reports a target held open as 5; a delete-pending name is 5).
-_TRANSIENT_CODES: dict[str, tuple[int, ...]] = {
-    "open": (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED),
-    "replace": (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED),
-    "rename": (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED),
-    "unlink": (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED),
-    "rmdir": (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED),
-}
 
 # What FICLONE says on a file system that cannot clone (see OsOps.clone).
 _CLONE_UNSUPPORTED = frozenset(
@@ -124,12 +118,21 @@ class WindowsOps(OsOps):
         (reserved characters, trailing dot or space, device names) with
         winerror 123.
     ``transient_denials`` (default 0.0)
-        Probability that an open of an existing file, a replace, rename,
-        unlink or rmdir fails with Windows error 32 or 5 before doing
-        anything, as when an antivirus scanner holds the file for a moment.
+        Probability that an open for writing of an existing name, a
+        replace, rename, unlink or rmdir fails with Windows error 32 or 5
+        before doing anything, as when an antivirus scanner holds the file
+        for a moment.
+    ``transient_read_denials`` (default: ``transient_denials``)
+        Probability that an open for reading of an existing file fails with
+        32 (a scanner holds it) or 5 with ``ntstatus`` STATUS_DELETE_PENDING
+        (another process deleted it while a handle was open).
     ``transient_lock_violations`` (default: ``transient_denials / 10``)
         Probability that a read or write fails with Windows error 33 (as
         ``PermissionError(EACCES)``: the C runtime drops the code).
+    ``acl_denied`` (default none)
+        Paths (files, or directories and everything beneath them) whose ACL
+        denies this user: every open of one fails with 5 and ``ntstatus``
+        STATUS_ACCESS_DENIED, as a restored CI cache can (uv #11409).
     ``seed``
         Makes the transient denials reproducible; each process draws from
         its own stream (see docs/testing.md).
@@ -154,7 +157,9 @@ class WindowsOps(OsOps):
         symlinks: bool = False,
         strict_names: bool = True,
         transient_denials: float = 0.0,
+        transient_read_denials: float | None = None,
         transient_lock_violations: float | None = None,
+        acl_denied: tuple[str, ...] | list[str] = (),
         seed: int | None = None,
         block_cloning: bool = False,
     ) -> None:
@@ -164,15 +169,12 @@ class WindowsOps(OsOps):
         self.hardlinks = hardlinks
         self.symlinks = symlinks
         self.strict_names = strict_names
-        self.transient_denials = _check_probability("transient_denials", transient_denials)
-        # Byte-range locks on cache files by third parties are much rarer
-        # than scanners holding them: "occasionally", by default.
-        self.transient_lock_violations = (
-            self.transient_denials / 10
-            if transient_lock_violations is None
-            else _check_probability("transient_lock_violations", transient_lock_violations)
+        self.transient_denials, self.transient_read_denials, self.transient_lock_violations = (
+            _actors.probabilities(transient_denials, transient_read_denials, transient_lock_violations)
         )
+        self._read_denials_option = transient_read_denials
         self._lock_violations_option = transient_lock_violations
+        self.acl_denied = _actors.normalized(acl_denied)
         self.seed = seed
         self.block_cloning = block_cloning
         self._process = _PerProcess(seed)
@@ -188,7 +190,9 @@ class WindowsOps(OsOps):
             symlinks=self.symlinks,
             strict_names=self.strict_names,
             transient_denials=self.transient_denials,
+            transient_read_denials=self._read_denials_option,
             transient_lock_violations=self._lock_violations_option,
+            acl_denied=self.acl_denied,
             seed=self.seed,
             block_cloning=self.block_cloning,
         )
@@ -199,8 +203,10 @@ class WindowsOps(OsOps):
 
         ``"transient"``: transient denials injected; ``"transient.<op>"``:
         per operation (``"transient.lock_violation"`` for reads and writes);
+        ``"transient.open.<code>"``: denials of opens for reading by code;
         ``"rule.<code>"``: errors raised by a Windows rule, by Windows error
-        code (``"rule.5"``, ``"rule.32"``, ...).  Missing keys are zero.
+        code (``"rule.5"``, ``"rule.32"``, ...); ``"acl"``: opens refused by
+        ``acl_denied`` (also in ``"rule.5"``).  Missing keys are zero.
         """
         return self._process.stats()
 
@@ -210,26 +216,17 @@ class WindowsOps(OsOps):
 
     # -- helpers -----------------------------------------------------------
     def _deny(
-        self, code: int, path: str | None, path2: str | None = None, *, reason: str, crt: bool = False
+        self, code: int, path: str | None, path2: str | None = None, *, reason: str, crt: bool = False,
+        ntstatus: int | None = None,
     ) -> OSError:
         self._process.count(f"rule.{code}")
-        return _windows_error(code, path, path2, reason=reason, crt=crt)
+        return _windows_error(code, path, path2, reason=reason, crt=crt, ntstatus=ntstatus)
 
     def _transient(self, op: str, path: str | None, path2: str | None = None, *, crt: bool = False) -> None:
-        if self._process.chance(self.transient_denials):
-            self._process.count("transient")
-            self._process.count(f"transient.{op}")
-            code = self._process.choice(_TRANSIENT_CODES[op])
-            reason = f"transient denial of {op} (simulated antivirus)"
-            raise _windows_error(code, path, path2, reason=reason, crt=crt)
+        _actors.deny_transiently(self._process, self.transient_denials, op, path, path2, crt=crt)
 
     def _lock_violation(self, fd: int, offset: int | None, length: int, *, write: bool) -> None:
-        # os.read and os.write go through the C runtime: errno only (crt).
-        if self._process.chance(self.transient_lock_violations):
-            self._process.count("transient")
-            self._process.count("transient.lock_violation")
-            reason = "transient lock violation (simulated third party)"
-            raise _windows_error(ERROR_LOCK_VIOLATION, None, reason=reason, crt=True)
+        _actors.lock_violation(self._process, self.transient_lock_violations)
         if _byte_range_locked(fd, offset, length, write=write):
             reason = "another handle holds a byte-range lock (lock()) on this region"
             raise self._deny(ERROR_LOCK_VIOLATION, None, reason=reason, crt=True)
@@ -246,13 +243,16 @@ class WindowsOps(OsOps):
             reason = "the name is delete-pending (classic delete)"
             raise self._deny(ERROR_ACCESS_DENIED, *report, reason=reason, crt=crt)
 
-    def _check_zombie(self, path: str, src: str | None = None, *, crt: bool = False) -> None:
+    def _check_zombie(
+        self, path: str, src: str | None = None, *, crt: bool = False, ntstatus: int | None = None
+    ) -> None:
         """Refuse to touch a delete-pending file by its pending name."""
         if not _is_zombie(path):
             return
         if _handles(path).open:
             report = (path, None) if src is None or src == path else (src, path)
-            raise self._deny(ERROR_ACCESS_DENIED, *report, reason="the file is delete-pending", crt=crt)
+            reason = "the file is delete-pending"
+            raise self._deny(ERROR_ACCESS_DENIED, *report, reason=reason, crt=crt, ntstatus=ntstatus)
         with contextlib.suppress(FileNotFoundError):  # last handle closed: it is gone
             os.unlink(path)
 
@@ -282,12 +282,15 @@ class WindowsOps(OsOps):
 
         ``O_CREAT | O_EXCL`` on an existing name raises ``FileExistsError``
         (Windows error 80); opening a read-only file for writing, a
-        directory for writing, or a delete-pending name raises
-        ``PermissionError`` (5).  Opens never conflict with each other:
-        Python's opens share read and write, and only delete access (rename,
-        replace, unlink) conflicts with them.  Errors carry ``winerror`` only
-        for a share-delete open, which is a ``CreateFileW`` call on Windows;
-        other opens are ``_wopen`` calls, which report only the errno.
+        directory for writing, a delete-pending name, or a path under
+        ``acl_denied`` raises ``PermissionError`` (5).  Opens never conflict
+        with each other: Python's opens share read and write, and only delete
+        access (rename, replace, unlink) conflicts with them.  Errors carry
+        ``winerror`` only for a share-delete open, which is a ``CreateFileW``
+        call on Windows; other opens are ``_wopen`` calls, which report only
+        the errno.  A share-delete open's error 5 also carries ``ntstatus``,
+        as ``_win32.open_shared`` reads it: STATUS_DELETE_PENDING for a
+        delete-pending name, STATUS_ACCESS_DENIED for a denial of access.
         """
         # The same condition as OsOps.open, which on Windows sends these
         # opens to _win32.open_shared (CreateFileW) and the rest to _wopen.
@@ -295,11 +298,15 @@ class WindowsOps(OsOps):
         crt = not shares_delete
         creating = bool(flags & os.O_CREAT)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
-        self._check_zombie(path, crt=crt)
+        if _actors.acl_denies(self.acl_denied, path):
+            raise _actors.acl_denial(self._process, path, crt=crt)
+        self._check_zombie(path, crt=crt, ntstatus=STATUS_DELETE_PENDING)
         if creating:
             self._check_new_name(path, crt=crt)
-        else:
+        elif writing:
             self._transient("open", path, crt=crt)
+        else:
+            _actors.deny_read_open(self._process, self.transient_read_denials, path, crt=crt)
         if writing and not (creating and flags & os.O_EXCL):
             try:
                 st = os.stat(path, follow_symlinks=not flags & os.O_NOFOLLOW)
@@ -318,15 +325,18 @@ class WindowsOps(OsOps):
             raise self._deny(ERROR_ACCESS_DENIED, path, reason=reason, crt=crt) from None
         except FileNotFoundError as exc:
             if self._delete_pending(path):
-                reason = "the name is delete-pending"
-                raise self._deny(ERROR_ACCESS_DENIED, path, reason=reason, crt=crt) from None
+                reason, status = "the name is delete-pending", STATUS_DELETE_PENDING
+                raise self._deny(ERROR_ACCESS_DENIED, path, reason=reason, crt=crt, ntstatus=status) from None
             if crt:
                 raise
             raise _as_win32_error(exc) from None
         except OSError as exc:
             if crt:
                 raise
-            raise _as_win32_error(exc) from None
+            converted = _as_win32_error(exc)
+            if getattr(converted, "winerror", None) == ERROR_ACCESS_DENIED:
+                converted.ntstatus = STATUS_ACCESS_DENIED  # type: ignore[attr-defined]  # EACCES, EPERM: a denial
+            raise converted from None
         try:
             _register(fd, share_delete=shares_delete)
         except BaseException:

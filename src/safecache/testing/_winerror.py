@@ -28,6 +28,12 @@ ERROR_ALREADY_EXISTS = 183
 ERROR_DIRECTORY = 267
 ERROR_PRIVILEGE_NOT_HELD = 1314
 
+# NT status codes behind a Windows error 5 (learn.microsoft.com, [MS-ERREF]
+# 2.3.1 "NTSTATUS Values"), which safecache's Windows open puts on the
+# exception as ``ntstatus`` (``safecache._win32.open_shared``).
+STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_DELETE_PENDING = 0xC0000056
+
 # winerror -> (errno CPython derives from it in PC/errmap.h, the text of
 # FormatMessage without its final period, as CPython strips it).  Codes not
 # listed map to EINVAL, like errmap.h's default branch.
@@ -68,9 +74,16 @@ class WinError:
     ``WinError(32)`` becomes ``PermissionError(EACCES, "The process cannot
     access the file ...", path)`` with ``winerror == 32``: the errno is the
     one CPython derives from the code on Windows (``PC/errmap.h``).
+
+    ``ntstatus``, if given, is set on the exception as ``ntstatus``: the NT
+    status safecache's Windows open reads after an error 5
+    (``WinError(5, ntstatus=STATUS_DELETE_PENDING)`` is a name pending
+    delete, ``STATUS_ACCESS_DENIED`` an ACL denial; without one, the cause is
+    unknown).
     """
 
     code: int
+    ntstatus: int | None = None
 
 
 def make_oserror(
@@ -90,12 +103,20 @@ def make_oserror(
         code, message = _WINERRORS.get(error.code, (errno.EINVAL, f"Windows error {error.code}"))
         exc = OSError(code, message, path, None, path2)
         exc.winerror = error.code  # type: ignore[attr-defined]
+        if error.ntstatus is not None:
+            exc.ntstatus = error.ntstatus  # type: ignore[attr-defined]
         return exc
     return OSError(error, os.strerror(error), path, None, path2)
 
 
 def _windows_error(
-    code: int, path: str | None, path2: str | None = None, *, reason: str, crt: bool = False
+    code: int,
+    path: str | None,
+    path2: str | None = None,
+    *,
+    reason: str,
+    crt: bool = False,
+    ntstatus: int | None = None,
 ) -> OSError:
     """A Windows error raised by the emulator, saying which rule fired.
 
@@ -105,12 +126,15 @@ def _windows_error(
     the errno's exception with the C library's message and no ``winerror``
     ("PermissionError: [Errno 13] Permission denied" for a sharing
     violation).
+
+    ``ntstatus``: the NT status behind the code, set as ``ntstatus`` where
+    safecache's Windows code reads it (a share-delete open, never ``crt``).
     """
     if crt:
         number = _WINERRORS.get(code, (errno.EINVAL, ""))[0]
         exc = OSError(number, os.strerror(number), path, None, path2)
     else:
-        exc = make_oserror(WinError(code), path, path2)
+        exc = make_oserror(WinError(code, ntstatus), path, path2)
     # Windows says only "Access is denied"; the emulator can say why, which
     # saves a debugging session when a test fails on it.
     exc.emulated_winerror = code  # type: ignore[attr-defined]

@@ -1,0 +1,119 @@
+"""What the maintenance commands print for people: ``info``'s table and a report's summary.
+
+``--json`` prints the documents themselves; this module only turns them into
+text.  Sizes in binary units (:func:`._units.format_size`), counts with
+thousands separators.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._units import format_ago, format_size
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .maintenance import Report
+
+#: Text output lists at most this many problems (``--json`` lists them all).
+MAX_PROBLEMS_SHOWN = 20
+
+
+def num(value: object) -> int:
+    """``value`` if it is an int (not a bool), else 0: counters read from disk may be anything."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def count(n: int, one: str, many: str) -> str:
+    """``count(3, "entry", "entries")`` -> ``"3 entries"``."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def unrepaired(problems: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [p for p in problems if not p.get("repaired")]
+
+
+def render_info(data: dict[str, object]) -> str:
+    """``safecache info`` as text: the cache, then one row per bucket."""
+    size, entries, limit = num(data.get("size")), num(data.get("entries")), data.get("max_size")
+    lines = [f"cache:      {data.get('path')} ({data.get('state')})"]
+    if data.get("source"):
+        lines.append(f"chosen by:  {data['source']}")
+    if isinstance(limit, int) and limit > 0:
+        lines.append(f"size:       {format_size(size)} of a {format_size(limit)} limit ({100 * size / limit:.1f} %)")
+    else:
+        lines.append(f"size:       {format_size(size)} (no limit)")
+    lines.append(f"entries:    {entries:,}")
+    last = data.get("last_trim")
+    if isinstance(last, (int, float)) and not isinstance(last, bool) and last > 0:
+        lines.append(f"last trim:  {format_ago(max(0.0, time.time() - float(last)))}")
+    elif last:
+        lines.append(f"last trim:  {last}")
+    else:
+        lines.append("last trim:  never")
+    buckets = data.get("buckets")
+    if not isinstance(buckets, dict) or not buckets:
+        lines.append("")
+        lines.append("no buckets yet")
+        return "\n".join(lines)
+    rows = [("BUCKET", "SIZE", "ENTRIES", "HIT RATE", "HITS", "MISSES", "ERRORS")]
+    for label in sorted(buckets):
+        b = buckets[label] if isinstance(buckets[label], dict) else {}
+        rate = b.get("hit_rate")
+        hits, misses = num(b.get("hits")), num(b.get("misses"))
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+            rate = hits / (hits + misses) if hits + misses else None
+        errors = b.get("errors") if isinstance(b.get("errors"), dict) else {}
+        assert isinstance(errors, dict)
+        error_text = ", ".join(f"{cause}: {n}" for cause, n in sorted(errors.items(), key=lambda kv: (-num(kv[1]), kv[0]))
+                               if num(n)) or "-"
+        rows.append((
+            str(label), format_size(num(b.get("size"))), f"{num(b.get('entries')):,}",
+            "-" if rate is None else f"{100 * float(rate):.1f} %", f"{hits:,}", f"{misses:,}", error_text,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines.append("")
+    for row in rows:
+        cells = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join(cells) + "  " + row[-1])
+    return "\n".join(lines)
+
+
+def summary(command: str, report: Report, *, repair: bool = False) -> str:
+    """A maintenance report (prune, clean, verify) as text: what was removed,
+    what was kept and why, the first problems, what was skipped."""
+    lines = []
+    removed = []
+    if report.removed_entries:
+        removed.append(count(report.removed_entries, "entry", "entries"))
+    if report.removed_trees:
+        removed.append(count(report.removed_trees, "tree", "trees"))
+    if report.removed_temp:
+        removed.append(count(report.removed_temp, "leftover", "leftovers") + " of dead processes")
+    if removed:
+        lines.append(f"removed {', '.join(removed)}; freed {format_size(report.freed_bytes)}")
+    elif command != "verify" and not report.skipped_reason:
+        lines.append("nothing to remove")
+    if report.kept_in_use:
+        lines.append(f"kept {count(report.kept_in_use, 'tree', 'trees')} in use by other processes "
+                     "(run again later, or use --force)")
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+        what = problem.get("path") or problem.get("bucket") or "?"
+        state = " (removed)" if problem.get("repaired") else ""
+        lines.append(f"{problem.get('kind', 'problem')}: {what}: {problem.get('reason', '')}{state}")
+    hidden = len(report.problems) - MAX_PROBLEMS_SHOWN
+    if hidden > 0:
+        lines.append(f"... and {hidden:,} more (--json lists them all)")
+    if command == "verify":
+        found = count(len(report.problems), "problem", "problems")
+        if not report.problems:
+            lines.append("no corruption found")
+        elif not unrepaired(report.problems):
+            lines.append(f"{found} found, all repaired")
+        elif repair:
+            lines.append(f"{found} found; {len(unrepaired(report.problems)):,} could not be repaired")
+        else:
+            lines.append(f"{found} found: run `verify --repair` to remove them")
+    if report.skipped_reason:
+        lines.append(f"skipped: {report.skipped_reason}")
+    return "\n".join(lines)

@@ -1,0 +1,402 @@
+"""Maintenance: the walk ``trim`` and ``prune`` share, which removes by age,
+by kind (``prune --ci``) and least recently used first, and reclaims what
+dead processes left behind.
+
+Least recently used is by mtime, which a hit refreshes at most once an hour
+(Go); the order is kept in a bounded histogram of use times rather than a
+list of every entry, so memory stays small whatever the cache holds.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as _stat
+import time
+
+from . import _format, _layout, _osops
+from ._examine import kind_of, read_pointer
+from ._format import Invalid
+from ._reclaim import discard_lock, drop_tree, purge, staging_in_use
+from ._walk import Dir, Run, TreeUnit, is_dir, plan, present, shards, walk_shards
+
+#: A trim for size goes down to this share of the limit (ccache), so a full
+#: cache is not trimmed again by the very next write.
+TRIM_TO = 0.9
+#: The LRU histogram keeps at most this many time slots (see _Histogram).
+_HIST_SLOTS = 1 << 16
+
+
+# -- the LRU cutoff ---------------------------------------------------------------------------
+class _Histogram:
+    """Bytes per time slot, to find the least-recently-used cutoff without
+    keeping every entry in memory.
+
+    Slots start one second wide; whenever there are more than
+    :data:`_HIST_SLOTS` of them, they are merged four to one.  Memory is
+    therefore bounded (a few MB) whatever the cache holds, and the order is
+    exact LRU up to the slot width (one second for caches whose entries
+    were used in fewer than 65,536 distinct seconds, coarser beyond).
+    """
+
+    def __init__(self) -> None:
+        self.width = 1
+        self.slots: dict[int, int] = {}
+        self.total = 0
+
+    def slot(self, mtime: float) -> int:
+        return int(mtime // self.width)
+
+    def add(self, mtime: float, size: int) -> None:
+        key = self.slot(mtime)
+        self.slots[key] = self.slots.get(key, 0) + size
+        self.total += size
+        if len(self.slots) > _HIST_SLOTS:
+            merged: dict[int, int] = {}
+            for key, value in self.slots.items():
+                merged[key // 4] = merged.get(key // 4, 0) + value
+            self.slots = merged
+            self.width *= 4
+
+    def cutoff(self, need: int) -> tuple[int, int]:
+        """``(T, before)``: removing everything in slots below ``T`` frees
+        ``before`` < ``need`` bytes, and removing slot ``T`` too frees at
+        least ``need`` (``T`` is the newest slot when even everything is not
+        enough)."""
+        before = 0
+        last = 0
+        for key in sorted(self.slots):
+            last = key
+            if before + self.slots[key] >= need:
+                return key, before
+            before += self.slots[key]
+        return last, before - self.slots.get(last, 0)
+
+
+# -- trimming -----------------------------------------------------------------------------------
+class Trimmer:
+    """The walk shared by ``trim`` and ``prune``.
+
+    Pass 1 visits every shard of every bucket once: it removes leftovers,
+    entries and trees past ``max_age`` and (``ci``) everything fetched, and
+    records what stays in a histogram of use times.  If the cache is then
+    over ``max_size``, pass 2 walks again and removes, oldest first, until
+    the cache is under ``TRIM_TO`` of the limit; it re-reads each mtime, so
+    an entry used while the trim ran survives.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        max_age: float | None,
+        max_size: int | None,
+        ci: bool = False,
+        deadline: float | None = None,
+        force: bool = False,
+    ) -> None:
+        self.run = run
+        self.max_age = max_age
+        self.max_size = max_size
+        self.ci = ci
+        self.deadline = deadline
+        self.force = force
+        self.hist = _Histogram()
+        self.kept: set[tuple[str, str]] = set()
+        # Pass 2's cutoff slot, and how many bytes of that slot still go.
+        self.cutoff = 0
+        self.budget = 0
+
+    def wait(self) -> float:
+        if self.deadline is None or self.force:
+            return 0.0
+        return max(0.0, self.deadline - time.monotonic())
+
+    def expired(self, mtime: float) -> bool:
+        return self.max_age is not None and self.run.now - mtime > self.max_age
+
+    def trim(self, dirs: list[Dir]) -> None:
+        run = self.run
+        for b in dirs:
+            plan(run, b)
+        run.total = sum(len(b.shards) + len(b.tree_shards) + 1 for b in dirs) + 1
+        for b in dirs:
+            self.pass1(b)
+        self.root_leftovers()
+        total = sum(b.size for b in dirs)
+        if self.max_size is None or total <= self.max_size or not self.hist.slots:
+            return
+        need = total - int(self.max_size * TRIM_TO)
+        self.cutoff, before = self.hist.cutoff(need)
+        run.total += sum(len(b.shards) + 1 for b in dirs)
+        self.budget = need - before
+        for b in dirs:
+            self.pass2(b)
+
+    # -- pass 1 ------------------------------------------------------------------
+    def pass1(self, b: Dir) -> None:
+        for xx, entry in walk_shards(self.run, b):
+            if _layout.is_digest(entry.name):
+                if _layout.shard_of(entry.name) == xx:  # a misplaced one no reader finds; verify reports it
+                    self.entry(entry, b)
+            elif _layout.is_temp(entry.name):
+                self.leftover_file(entry, b)
+        for xx, entry in walk_shards(self.run, b, trees=True):
+            if _layout.is_digest(entry.name) and _layout.shard_of(entry.name) == xx:
+                self.pointer(entry, b)
+            elif _layout.is_temp(entry.name):
+                self.leftover_file(entry, b)
+        self.objects(b)
+        self.run.tick()
+
+    def entry(self, entry: os.DirEntry[str], b: Dir) -> None:
+        """An entry: removed if expired (or fetched, for ``ci``), else counted."""
+        run = self.run
+        report = run.report
+        st = run.lstat(entry, b.label)
+        if st is None or not _stat.S_ISREG(st.st_mode):
+            return
+        if self.expired(st.st_mtime) or (self.ci and kind_of(entry.path, entry.name) == _format.KIND_FETCHED):
+            if run.remove(entry.path, b.label):
+                report.removed_entries += 1
+                report.freed_bytes += st.st_size
+                return
+            if not present(entry.path):
+                return
+        b.size += st.st_size
+        b.entries += 1
+        self.hist.add(st.st_mtime, st.st_size)
+
+    def leftover_file(self, entry: os.DirEntry[str], b: Dir | None) -> None:
+        """A temp file: removed once older than LEFTOVER_AGE (a live
+        writer's is younger)."""
+        run = self.run
+        label = b.label if b is not None else None
+        st = run.lstat(entry, label)
+        if st is None or _stat.S_ISDIR(st.st_mode) or not run.old(st.st_mtime):
+            return
+        if run.remove(entry.path, label):
+            run.report.removed_temp += 1
+            run.report.freed_bytes += st.st_size
+
+    def pointer(self, entry: os.DirEntry[str], b: Dir) -> None:
+        run = self.run
+        report = run.report
+        digest = entry.name
+        b.pointers.add(digest)
+        st = run.lstat(entry, b.label)
+        if st is None or not _stat.S_ISREG(st.st_mode):
+            return
+        judged: list[os.stat_result] = []
+        try:
+            loaded = read_pointer(entry.path, digest, judged)
+        except Invalid as invalid:
+            if invalid.reason == "unsupported-version":
+                b.unknown_refs = True  # a newer safecache's tree: we cannot know what it references
+                b.size += st.st_size
+                return
+            loaded = None
+        except ValueError:
+            loaded = None
+        except OSError as exc:
+            b.unknown_refs = True
+            run.failed(exc, entry.path, b.label)
+            return
+        else:
+            if loaded is None:
+                return  # gone meanwhile
+        if loaded is None or not present(_layout.tree_object(b.path, loaded[1].tree_id)):
+            # A pointer no reader would use (they remove it too), or one whose
+            # tree is gone (a remover deletes the pointer first, so this is a
+            # leftover, not a commit in progress).  Removed only if it is
+            # still the file judged: a committer may have published a good
+            # one in its place since.
+            if judged and run.remove(entry.path, b.label, same_as=judged[0]):
+                report.removed_entries += 1
+                report.freed_bytes += st.st_size
+            return
+        header, manifest, _st = loaded
+        unit = TreeUnit(entry.path, manifest.tree_id, st.st_mtime, st.st_size + manifest.size)
+        self.tree(unit, b, fetched=header.kind == _format.KIND_FETCHED)
+
+    def tree(self, unit: TreeUnit, b: Dir, *, fetched: bool) -> None:
+        """A referenced tree: removed if expired (or fetched, for ``ci``),
+        else counted, pointer and files, as one unit."""
+        b.referenced.add(unit.tree_id)
+        if self.expired(unit.mtime) or (self.ci and fetched):
+            self.expire_tree(unit, b)
+            return
+        b.size += unit.size
+        b.units.append(unit)
+        self.hist.add(unit.mtime, unit.size)
+
+    def expire_tree(self, unit: TreeUnit, b: Dir) -> None:
+        """Remove a tree pass 1 does not keep; one held by a process stays."""
+        report = self.run.report
+        outcome = drop_tree(self.run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force)
+        if outcome in ("removed", "gone"):
+            b.referenced.discard(unit.tree_id)
+            report.removed_trees += outcome == "removed"
+            report.freed_bytes += unit.size if outcome == "removed" else 0
+            return
+        if outcome == "held":
+            report.kept_in_use += 1
+            self.kept.add((b.label, unit.tree_id))
+        b.size += unit.size
+
+    def objects(self, b: Dir) -> None:
+        """``tree-objects/``: staging trees and half-removed trees left by
+        dead processes, and trees no pointer references."""
+        run = self.run
+        candidates: list[os.DirEntry[str]] = []
+        for entry in run.listdir(_layout.tree_objects_dir(b.path), b.label):
+            name = entry.name
+            if not is_dir(entry):
+                continue
+            if _layout.is_tree_id(name):
+                if name not in b.referenced:
+                    candidates.append(entry)
+            elif _layout.is_staging(name):
+                self.staging(entry, b)
+            elif _layout.is_doomed(name):
+                self.leftover_dir(entry, b)
+        if candidates and not b.unknown_refs:
+            self.rescan_pointers(b)
+        for entry in candidates:
+            self.unreferenced(entry, b)
+        self.orphan_locks(b)
+
+    def staging(self, entry: os.DirEntry[str], b: Dir) -> None:
+        """A staging tree: removed once old, unless its builder pins it."""
+        run = self.run
+        tree_id = _layout.tree_id_of(entry.name)
+        newest, size = run.survey(entry.path)
+        if run.old(newest) and not staging_in_use(b, tree_id) and run.rmtree(entry.path, b.label):
+            run.report.removed_temp += 1
+            run.report.freed_bytes += size
+            discard_lock(b.object_lock(tree_id))
+
+    def leftover_dir(self, entry: os.DirEntry[str], b: Dir) -> None:
+        """A half-removed tree (``<id>.del-<r>``): its remover is done with it."""
+        run = self.run
+        _newest, size = run.survey(entry.path)
+        if run.rmtree(entry.path, b.label):
+            run.report.removed_temp += 1
+            run.report.freed_bytes += size
+
+    def unreferenced(self, entry: os.DirEntry[str], b: Dir) -> None:
+        """A tree no pointer references: removed once old (a commit renames
+        its object into place just before publishing its pointer)."""
+        run = self.run
+        report = run.report
+        tree_id = entry.name
+        newest, size = run.survey(entry.path)
+        if tree_id in b.referenced or b.unknown_refs or not run.old(newest):
+            b.size += size
+            return
+        outcome = drop_tree(run, b, tree_id, None, wait=self.wait(), force=self.force)
+        if outcome == "removed":
+            report.removed_trees += 1
+            report.freed_bytes += size
+        elif outcome == "held":
+            report.kept_in_use += 1
+            b.size += size
+        elif outcome == "failed":
+            b.size += size
+
+    def rescan_pointers(self, b: Dir) -> None:
+        """Read pointers published since pass 1 listed them, so a tree
+        committed meanwhile is not taken for unreferenced."""
+        run = self.run
+        trees = _layout.trees_dir(b.path)
+        for xx in shards(run, trees, b.label):
+            for child in run.listdir(os.path.join(trees, xx), b.label):
+                if _layout.is_digest(child.name) and child.name not in b.pointers:
+                    b.pointers.add(child.name)
+                    try:
+                        loaded = read_pointer(child.path, child.name)
+                    except (Invalid, ValueError):
+                        continue
+                    except OSError:
+                        b.unknown_refs = True
+                        continue
+                    if loaded is not None:
+                        b.referenced.add(loaded[1].tree_id)
+
+    def orphan_locks(self, b: Dir) -> None:
+        """Delete lock files of tree objects that no longer exist (older
+        than LEFTOVER_AGE; see ``_walk``'s docstring for why this is safe)."""
+        run = self.run
+        for entry in run.listdir(_layout.tree_object_locks_dir(b.locks)):
+            tree_id = _layout.lock_tree_id(entry.name)
+            if tree_id is None:
+                continue
+            st = run.lstat(entry)
+            if st is None or not run.old(st.st_mtime):
+                continue
+            # Staging first, then the object: a commit renames the one into
+            # the other, so at every moment one of the two names exists.
+            if present(_layout.tree_staging(b.path, tree_id)) or present(_layout.tree_object(b.path, tree_id)):
+                continue
+            discard_lock(entry.path)
+
+    def root_leftovers(self) -> None:
+        """Temp files of markers and counters, and abandoned trash."""
+        run = self.run
+        for directory in (run.root, _layout.stats_dir(run.root)):
+            for entry in run.listdir(directory):
+                if _layout.is_temp(entry.name):
+                    self.leftover_file(entry, None)
+                elif directory == run.root and _layout.is_trash(entry.name) and is_dir(entry):
+                    newest, _size = run.survey(entry.path)
+                    if run.old(newest):
+                        purge(run, entry.path, None)  # a killed clean's
+                        run.report.removed_temp += not present(entry.path)
+        run.tick()
+
+    # -- pass 2 ------------------------------------------------------------------
+    def least_recent(self, mtime: float, size: int) -> bool:
+        """Whether pass 2 removes what was last used at ``mtime``: everything
+        used before the cutoff slot goes; of the cutoff slot itself, only
+        what is still needed (in walk order)."""
+        slot = self.hist.slot(mtime)
+        if slot < self.cutoff:
+            return True
+        if slot == self.cutoff and self.budget > 0:
+            self.budget -= size
+            return True
+        return False  # newer, or used since pass 1
+
+    def pass2(self, b: Dir) -> None:
+        run = self.run
+        report = run.report
+        self.pass2_trees(b)
+        for xx, entry in walk_shards(run, b):
+            if not (_layout.is_digest(entry.name) and _layout.shard_of(entry.name) == xx):
+                continue
+            st = run.lstat(entry, b.label)
+            if st is None or not _stat.S_ISREG(st.st_mode) or not self.least_recent(st.st_mtime, st.st_size):
+                continue
+            if run.remove(entry.path, b.label):
+                report.removed_entries += 1
+                report.freed_bytes += st.st_size
+                b.size -= st.st_size
+                b.entries -= 1
+        run.tick()
+
+    def pass2_trees(self, b: Dir) -> None:
+        report = self.run.report
+        for unit in sorted(b.units, key=lambda u: u.mtime):
+            try:
+                mtime = _osops.current.lstat(unit.pointer).st_mtime
+            except OSError:
+                continue
+            if not self.least_recent(mtime, unit.size):
+                continue
+            outcome = drop_tree(self.run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force)
+            if outcome == "removed":
+                report.removed_trees += 1
+                report.freed_bytes += unit.size
+                b.size -= unit.size
+            elif outcome == "held":
+                report.kept_in_use += (b.label, unit.tree_id) not in self.kept
+                self.kept.add((b.label, unit.tree_id))
