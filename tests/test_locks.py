@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import stat
 import errno
 import multiprocessing
 import os
@@ -12,6 +14,7 @@ import pytest
 
 import safecache
 from safecache import _locks
+from safecache._locks import FileLock
 
 ctx = multiprocessing.get_context("fork")
 
@@ -152,3 +155,86 @@ def test_compute_once_without_a_lock_path_creates_at_once(tmp_path: Path) -> Non
         lock_failed=_no_failure,
     )
     assert got == b"made" and list(tmp_path.iterdir()) == []
+
+
+# -- who may open a lock, what a lock path may be, how long a wait may be -------------------
+def test_lock_files_are_private_to_their_owner_even_under_umask_0(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        with FileLock(str(tmp_path / "locks" / "a.lock")):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "locks" / "a.lock").stat().st_mode) == 0o600
+
+
+def test_a_lock_file_others_could_open_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    path.touch()
+    path.chmod(0o644)
+    with FileLock(str(path)):
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_lock_files_in_a_group_writable_directory_are_group_writable(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    old = os.umask(0)
+    try:
+        with FileLock(str(shared / "a.lock")):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((shared / "a.lock").stat().st_mode) == 0o660
+
+
+def test_a_fifo_at_a_lock_path_fails_at_once_instead_of_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    os.mkfifo(path)
+    with pytest.raises(OSError):
+        FileLock(str(path), timeout=1).acquire()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1])
+def test_a_timeout_that_would_never_end_or_is_negative_is_refused(tmp_path: Path, timeout: float) -> None:
+    with pytest.raises(ValueError):
+        FileLock(str(tmp_path / "a.lock"), timeout=timeout)
+    with pytest.raises(ValueError):
+        FileLock(str(tmp_path / "a.lock")).acquire(timeout=timeout)
+
+
+def test_get_or_create_refuses_a_nan_timeout_at_the_call(tmp_path: Path) -> None:
+    bucket = safecache.Cache(tmp_path / "c").bucket("b")
+    with pytest.raises(ValueError):
+        bucket.get_or_create("k", lambda: b"v", timeout=float("nan"))
+    with pytest.raises(ValueError):
+        bucket.trees.get_or_create("k", lambda path: None, timeout=float("nan"))
+
+
+def test_a_lock_is_released_when_its_holder_dies_even_if_a_forked_child_lives_on(tmp_path: Path) -> None:
+    """The holder forks a child that outlives it (a factory's subprocess),
+    then is SIGKILLed with the lock held: a waiter must take over."""
+    path = str(tmp_path / "a.lock")
+    child_pid_file = tmp_path / "child.pid"
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - runs in the forked holder
+        try:
+            lock = FileLock(path)
+            lock.acquire()
+            if os.fork() == 0:
+                child_pid_file.write_text(str(os.getpid()))
+                time.sleep(30)
+                os._exit(0)
+            while not child_pid_file.exists():
+                time.sleep(0.01)
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(holder, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    child = int(child_pid_file.read_text())
+    try:
+        FileLock(path, timeout=5).acquire()  # the child let go of its copy at fork
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -507,6 +507,8 @@ class Bucket:
         returns something other than bytes.
         """
         _format.kind_code(kind)
+        if timeout is not None:
+            _locks.check_timeout(timeout)  # at the call: a nan would never return
         value = self.get(key)
         if value is not None:
             return value

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as _stat
 import time
+import weakref
 
-from . import _errcodes, _errors, _fs, _osops
+from . import _errcodes, _errors, _fs, _osops, _trust
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -37,12 +39,23 @@ class FileLock:
 
     Use as a context manager or with ``acquire``/``release``.  ``acquire``
     raises :class:`safecache.LockTimeoutError` (also a ``TimeoutError``) when
-    ``timeout`` seconds pass first, and ``OSError`` when locking fails.
+    ``timeout`` seconds pass first, ``ValueError`` for a timeout that is not
+    a finite number >= 0, and ``OSError`` when locking fails (including a
+    lock path that is not a regular file: a FIFO planted there).
+
+    The lock file is created readable and writable by its owner only
+    (``flock`` needs only read access, so a lock file other users can open
+    is a lock other users can hold, stalling every waiter until its
+    timeout), or by the group too where the directory holding it is
+    group-writable (a shared cache).  A held lock does not outlive its
+    process in a forked child: the child closes its copy at fork, so when
+    the parent dies the OS releases the lock and a waiter takes over, even
+    if the child (a factory's subprocess) lives on.
     """
 
     def __init__(self, path: str, *, timeout: float = 60.0, shared: bool = False) -> None:
         self.path = path
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.shared = shared
         self._fd: int | None = None
 
@@ -53,7 +66,7 @@ class FileLock:
     def acquire(self, timeout: float | None = None) -> None:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path!r} is already held by this object")
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else check_timeout(timeout)
         ops = _osops.current
         fd = self._open()
         try:
@@ -90,20 +103,36 @@ class FileLock:
             ops.close(fd)
             raise
         self._fd = fd
+        _held.add(self)
 
     def _open(self) -> int:
         ops = _osops.current
-        flags = os.O_RDWR | os.O_CREAT | _osops.BASE_FLAGS
+        flags = os.O_RDWR | os.O_CREAT | _osops.BASE_FLAGS | _NONBLOCK
+        directory = os.path.dirname(self.path)
         try:
-            return ops.open(self.path, flags, 0o666, share_delete=False)
+            fd = ops.open(self.path, flags, _lock_mode(directory), share_delete=False)
         except FileNotFoundError:
-            _fs.makedirs(os.path.dirname(self.path))
-            return ops.open(self.path, flags, 0o666, share_delete=False)
+            _fs.makedirs(directory)
+            fd = ops.open(self.path, flags, _lock_mode(directory), share_delete=False)
+        try:
+            st = ops.fstat(fd)
+            if not _stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "a cache lock path is not a regular file", self.path)
+            loose = _stat.S_IMODE(st.st_mode) & 0o077 & ~_lock_mode(directory)
+            if loose and st.st_uid == _trust.euid():
+                # A lock file from before lock files were private (0644):
+                # take back what others could open.
+                ops.chmod(self.path, _stat.S_IMODE(st.st_mode) & ~loose)
+        except BaseException:
+            ops.close(fd)
+            raise
+        return fd
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        _held.discard(self)
         ops = _osops.current
         try:
             ops.unlock(fd)
@@ -112,12 +141,56 @@ class FileLock:
         finally:
             ops.close(fd)
 
+    def _forget_in_child(self) -> None:
+        """In a forked child: close this process's copy of the descriptor
+        without unlocking (an unlock would release the parent's lock too:
+        flock locks belong to the open file description both share)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def __enter__(self) -> "FileLock":
         self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted at a lock path must not block the open
+#: Locks this process holds, so a forked child can let go of them.
+_held: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_held):
+        lock._forget_in_child()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _lock_mode(directory: str) -> int:
+    """0600, or 0660 in a group-writable directory (a shared cache)."""
+    try:
+        group_writable = _osops.current.stat(directory).st_mode & _stat.S_IWGRP
+    except OSError:
+        group_writable = 0
+    return _trust.SHARED_LOCK_MODE if group_writable else _trust.LOCK_MODE
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` as a float; TypeError or ValueError unless it is a finite number >= 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"a lock timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 <= timeout < float("inf"):  # also false for nan
+        raise ValueError(f"a lock timeout must be a finite number of seconds >= 0, not {timeout!r}")
+    return float(timeout)
 
 
 def compute_once(

@@ -266,6 +266,8 @@ class Trees:
         propagate and nothing is committed.  When the cache cannot store, the
         factory still runs and an ephemeral tree is returned.
         """
+        if timeout is not None:
+            _locks.check_timeout(timeout)  # at the call: a nan would never return
         tree = self.get(key)
         if tree is not None:
             return tree
