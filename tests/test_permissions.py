@@ -25,6 +25,7 @@ from _unpriv_cases import (
     DOCTOR,
     ENTRIES,
     cache_warnings,
+    child_code,
     doctor_findings,
     entry_path,
     owned_by,
@@ -32,6 +33,8 @@ from _unpriv_cases import (
     run_case,
     snapshot,
 )
+
+import safecache
 
 pytestmark = pytest.mark.unprivileged
 
@@ -356,3 +359,69 @@ def test_doctor_on_the_users_own_cache_is_healthy(unprivileged: Any) -> None:
     assert report["returncode"] == 0, findings
     assert all(f["status"] == "ok" for f in findings.values()), findings
     assert {"create", "write", "read", "lock", "delete"} <= set(findings)
+
+
+# -- 8. attacks by a second local user ------------------------------------------------------------
+ATTACKER_PLANTS = f"""
+cache = safecache.Cache(ROOT)
+bucket = cache.bucket({BUCKET!r})
+out["planted"] = bucket.put("wheel", b"attacker bytes")
+out["tree"] = bucket.trees.get_or_create("tool", lambda path: open(os.path.join(path, "run.sh"), "w").write("evil")) is not None
+out["uid"] = os.getuid()
+"""
+
+
+def test_a_cache_another_user_planted_serves_root_nothing(unprivileged: Any) -> None:
+    """The attacker (a real second user) creates the cache first, in a
+    directory both can write; root then opens it: no attacker bytes, no
+    attacker tree, nothing written by root into it."""
+    shared_tmp = unprivileged.workdir()
+    shared_tmp.chmod(0o1777)
+    root = shared_tmp / "cache"
+    report = run_case(unprivileged, ATTACKER_PLANTS, root)
+    assert report["planted"] is True and report["tree"] is True and report["uid"] != 0
+    before = snapshot(root)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = safecache.Cache(root)
+        bucket = cache.bucket(BUCKET)
+        assert cache.state == "disabled"
+        assert bucket.get("wheel") is None
+        assert bucket.get_or_create("wheel", lambda: b"root's own") == b"root's own"
+        assert bucket.trees.get("tool") is None
+        cache.close()
+    assert any("owned by" in str(w.message) for w in caught)
+    assert snapshot(root) == before  # root wrote nothing into the attacker's cache
+
+
+PROBE_LOCK = """
+import errno, fcntl
+path = os.environ["SAFECACHE_TEST_LOCK"]
+try:
+    fd = os.open(path, os.O_RDONLY)
+except OSError as exc:
+    out["open"] = errno.errorcode[exc.errno]
+else:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        out["open"] = "locked"
+    except OSError as exc:
+        out["open"] = "opened, not locked: " + errno.errorcode[exc.errno]
+"""
+
+
+def test_another_user_cannot_open_our_compute_once_locks(unprivileged: Any) -> None:
+    """flock needs only read access: a lock file other users can open is a
+    lock they can hold, stalling get_or_create until its timeout."""
+    root = unprivileged.workdir() / "cache"
+    cache = safecache.Cache(root)
+    cache.bucket(BUCKET).get_or_create("k", lambda: b"v")
+    cache.close()
+    locks = [p for p in root.rglob("*.lock") if "stats" not in p.parts]
+    assert locks
+    for lock in locks:
+        proc = unprivileged.run(child_code(PROBE_LOCK), env={"SAFECACHE_TEST_LOCK": str(lock), "SAFECACHE_TEST_ROOT": str(root), "SAFECACHE_TEST_ENTRIES": "{}"})
+        assert proc.returncode == 0, proc.stderr
+        assert '"open": "EACCES"' in proc.stdout, (lock, proc.stdout)
