@@ -138,7 +138,8 @@ def stored_reader(root: str, worker: int, keys: list[str], rounds: int, windows:
     import safecache
 
     result: dict[str, Any] = {
-        "worker": worker, "gets": 0, "false_misses": 0, "problems": [], "warnings": 0, "emulator": {}, "timed_out": False
+        "worker": worker, "gets": 0, "false_misses": 0, "problems": [], "warnings": 0, "emulator": {},
+        "timed_out": False,
     }
     try:
         from safecache.testing import enable_windows_semantics
@@ -168,7 +169,9 @@ def stored_reader(root: str, worker: int, keys: list[str], rounds: int, windows:
     queue.put(result)
 
 
-def unreadable_reader(root: str, keys: list[str], gets: int, windows: dict[str, Any], fault: Any, queue: Any) -> None:
+def unreadable_reader(
+    root: str, keys: list[str], gets: int, windows: dict[str, Any], fault: Any, queue: Any
+) -> None:
     """Get each of ``keys`` (stored, but unreadable) ``gets`` times under the
     emulator, with ``fault`` (an ``inject_errors`` argument tuple, or None) on
     top, the retry loop on a :class:`VirtualClock`; report how much budget

@@ -211,8 +211,9 @@ def test_an_access_denied_status_costs_no_budget(tmp_path: Path, clock: _workers
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert [bucket.get("k") for _ in range(20)] == [None] * 20
-        with pytest.raises(safecache.CachePermissionError):
+        with pytest.raises(safecache.CachePermissionError) as denied:
             strict.get("k")
+    assert getattr(denied.value.original, "ntstatus", None) == STATUS_ACCESS_DENIED
     assert clock.sleeps == 0
     assert ops.stats["acl"] == 21  # one open per get: nothing retried
     assert len(caught) == 1 and "(permission)" in str(caught[0].message)
@@ -280,7 +281,10 @@ def test_an_unreadable_entry_costs_at_most_one_budget_per_process(tmp_path: Path
     else:
         fault = ((WinError(5),), {"ops": "open", "path_contains": directory})
     queue = FORK.Queue()
-    procs = [FORK.Process(target=_workers.unreadable_reader, args=(str(root), keys, 10, windows, fault, queue)) for _ in range(4)]
+    procs = [
+        FORK.Process(target=_workers.unreadable_reader, args=(str(root), keys, 10, windows, fault, queue))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=300) for _ in procs]

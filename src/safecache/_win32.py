@@ -20,7 +20,7 @@ import msvcrt  # noqa: E402
 import os
 from ctypes import wintypes
 
-from . import _errcodes
+from . import _errcodes  # noqa: E402
 
 _kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
 _CreateFileW = _kernel32.CreateFileW
