@@ -22,7 +22,6 @@ import errno
 import os
 import stat as _stat
 import time
-import weakref
 
 from . import _errcodes, _errors, _fs, _osops, _trust
 
@@ -161,8 +160,10 @@ class FileLock:
 
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted at a lock path must not block the open
-#: Locks this process holds, so a forked child can let go of them.
-_held: weakref.WeakSet[FileLock] = weakref.WeakSet()
+#: Locks this process holds, so a forked child can let go of them (a plain
+#: set: a held lock keeps its descriptor open anyway, and ``weakref`` costs
+#: a millisecond of import time that every tool would pay).
+_held: set[FileLock] = set()
 
 
 def _after_fork_in_child() -> None:
