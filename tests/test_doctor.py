@@ -6,17 +6,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 import safecache
-from safecache import _fsinfo, _osops, _stats, doctor
+from safecache import _doctor_remedies, _fs, _fsinfo, _layout, _osops, _stats, doctor, maintenance
 from safecache.testing import WinError, inject_errors, windows_semantics
 
 
@@ -85,13 +87,40 @@ def test_doctor_where_nothing_can_be_created_exits_1_with_a_remedy(tmp_path: Pat
     assert "[FAIL] create" in proc.stdout and "fix:" in proc.stdout
 
 
-def test_doctor_permission_failure_names_the_owner_fix(tmp_path: Path) -> None:
-    cache = safecache.Cache(tmp_path / "c")
+def test_doctor_permission_failure_names_the_root_and_no_recursive_chown(tmp_path: Path) -> None:
+    """A denial in a cache that does not exist yet: the remedy names the
+    cache's own path, never a recursive chown of the directory it would be
+    created in (the previous refactor advised chowning the parent)."""
+    root = tmp_path / "c"
+    cache = safecache.Cache(root)
     with inject_errors(errno.EACCES, ops=("mkdir", "open")):
         report = doctor.diagnose(cache)
     create = findings(report)["create"]
     assert not report.healthy and create.status == doctor.FAIL
-    assert "chown" in create.remedy
+    assert str(root) in create.remedy and "chown -R" not in create.remedy
+    assert f"'{tmp_path}'" not in create.remedy and f" {tmp_path} " not in create.remedy
+
+
+@pytest.mark.parametrize("euid", [12345, 0], ids=["user", "root"])
+def test_permission_remedies_shell_quote_the_root_and_chown_only_the_cache(tmp_path: Path, euid: int) -> None:
+    """The chown in a remedy is a command to paste: its path is shell-quoted,
+    it names the user by number (``$(id -u)`` pasted into a root shell is 0),
+    it is about the cache root only, and root is never told to chown a
+    user's cache to itself."""
+    root = tmp_path / "it's a cache; rm -rf ~"
+    root.mkdir()
+    if os.geteuid() == 0:
+        os.chown(root, 23456, 23456)  # another user's
+    advice = _doctor_remedies.Advice(str(root), var="MYTOOL_CACHE_DIR", shared_var="MYTOOL_CACHE_SHARED", uid=euid)
+    remedy = _doctor_remedies.remedy_for(PermissionError(errno.EACCES, "denied"), str(root / "x"), "write files", advice)
+    if euid == 0:  # modes do not stop root: something else did, and a chown would not help
+        assert "SELinux" in remedy and "chown" not in remedy
+    else:
+        assert f"`sudo chown -R 12345 {shlex.quote(str(root))}`" in remedy
+        assert "$(id -u)" not in remedy and "MYTOOL_CACHE_SHARED=1" in remedy
+    assert "MYTOOL_CACHE_DIR" in remedy
+    outside = _doctor_remedies.remedy_for(PermissionError(errno.EACCES, "denied"), str(tmp_path), "write files", advice)
+    assert "chown" not in outside
 
 
 def test_doctor_read_only_file_system(tmp_path: Path) -> None:
@@ -135,6 +164,18 @@ def test_doctor_antivirus_holding_files_is_explained(tmp_path: Path) -> None:
         report = doctor.diagnose(cache)
     delete = findings(report)["delete"]
     assert delete.status == doctor.FAIL and "antivirus" in delete.remedy
+
+
+@pytest.mark.parametrize("ops", [("unlink",), ("lock",), ("replace", "rename")], ids=["delete", "lock", "write"])
+def test_probe_remedies_name_the_root_not_the_scratch_directory(tmp_path: Path, ops: tuple[str, ...]) -> None:
+    """The scratch directory is gone when the user reads the remedy."""
+    root = tmp_path / "c"
+    with inject_errors(errno.EACCES, ops=ops, path_contains=".doctor-"):
+        report = diagnose(root)
+    failed = [f for f in report.findings if f.status == doctor.FAIL]
+    assert failed, report.findings
+    for f in failed:
+        assert str(root) in f.remedy and ".doctor-" not in f.remedy, f
 
 
 def test_doctor_on_a_disabled_cache(tmp_path: Path) -> None:
@@ -221,9 +262,11 @@ def test_links_fall_back_to_the_cache_when_the_current_directory_is_not_writable
 
 
 def test_links_into_a_target_this_user_cannot_write(tmp_path: Path) -> None:
+    """The target is the user's project, not the cache's: never chown it."""
     with inject_errors(errno.EACCES, ops=("mkdir",), path_contains=".safecache-doctor"):
         finding = links(diagnose(tmp_path / "c", target=tmp_path))
-    assert finding.status == doctor.WARN and "chown" in finding.remedy
+    assert finding.status == doctor.WARN and "--target" in finding.remedy and str(tmp_path) in finding.remedy
+    assert "chown" not in finding.remedy
 
 
 def test_no_hard_links_fat_windows(tmp_path: Path) -> None:
@@ -374,32 +417,71 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def test_stale_temp_files_and_staging_trees(tmp_path: Path) -> None:
-    root = tmp_path / "c"
-    safecache.Cache(root).bucket("b").put("k", b"v")
-    fan = root / "buckets" / "b" / "v0" / "ab"
+TREE_ID = "0123456789abcdef" * 2
+
+
+def _leftovers(root: Path) -> None:
+    """What killed processes leave, where maintenance looks for it, old;
+    and look-alikes maintenance does not remove, which must not be counted."""
+    with safecache.Cache(root) as c:
+        c.bucket("b").put("k", b"v")
+    version = root / "buckets" / "b" / "v0"
+    fan = version / "ab"
     fan.mkdir(parents=True, exist_ok=True)
     for i in range(3):
         (fan / f"{i:032x}.1f-{i}.tmp").write_bytes(b"x" * 100)
         _age(fan / f"{i:032x}.1f-{i}.tmp", 2 * 3600)
     (fan / "fresh.1-1.tmp").write_bytes(b"being written right now")
-    objects = root / "buckets" / "b" / "v0" / "tree-objects"
-    (objects / "0123.tmp" / "sub").mkdir(parents=True)
-    (objects / "0123.tmp" / "sub" / "file.tmp").write_bytes(b"inside a staging tree: not counted twice")
-    _age(objects / "0123.tmp", 3 * 3600)
-    (objects / "4567.del-ab").mkdir()
-    _age(objects / "4567.del-ab", 3 * 3600)
+    objects = version / "tree-objects"
+    staging = objects / f"{TREE_ID}.tmp"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "sub" / "file.tmp").write_bytes(b"inside a staging tree: not counted twice")
+    for path in (staging / "sub" / "file.tmp", staging / "sub", staging):
+        _age(path, 3 * 3600)
+    (objects / f"{TREE_ID[::-1]}.del-ab").mkdir()
+    _age(objects / f"{TREE_ID[::-1]}.del-ab", 3 * 3600)
+    # Look-alikes: not a tree id, not a shard, inside a committed tree.
+    for name in ("0123.tmp", "4567.del-ab"):
+        (objects / name).mkdir()
+        _age(objects / name, 3 * 3600)
+    for odd in (version / "notashard" / "x.1-1.tmp", objects / TREE_ID / "build.tmp"):
+        odd.parent.mkdir(parents=True, exist_ok=True)
+        odd.write_bytes(b"not a leftover")
+        _age(odd, 3 * 3600)
+
+
+def test_stale_temp_files_and_staging_trees(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _leftovers(root)
     finding = findings(diagnose(root))["stale-temp"]
     assert finding.status == doctor.WARN
-    assert finding.data == {"temp_files": 3, "temp_bytes": 300, "staging_trees": 2, "complete": True}
+    assert finding.data == {"temp_files": 3, "temp_bytes": 300, "staging_trees": 2, "trash": 0, "complete": True}
     assert "`safecache prune`" in finding.remedy
+
+
+def test_stale_temp_reports_exactly_what_prune_removes(tmp_path: Path) -> None:
+    """Doctor and maintenance name leftovers with the same _layout
+    predicates: what doctor counts, `safecache prune` removes, and after it
+    doctor counts nothing (the look-alikes stay, uncounted)."""
+    root = tmp_path / "c"
+    _leftovers(root)
+    (root / ".trash-0a1b").mkdir()
+    _age(root / ".trash-0a1b", 2 * 3600)
+    before = findings(diagnose(root))["stale-temp"].data
+    assert before["trash"] == 1
+    with safecache.Cache(root) as cache:
+        pruned = maintenance.prune(cache)
+    assert pruned.removed_temp == sum(int(before[k]) for k in ("temp_files", "staging_trees", "trash"))  # type: ignore[call-overload]
+    after = findings(diagnose(root))["stale-temp"]
+    assert after.status == doctor.OK and after.data["temp_files"] == after.data["staging_trees"] == 0
+    assert (root / "buckets" / "b" / "v0" / "tree-objects" / "0123.tmp").is_dir()
 
 
 def test_remedies_name_the_embedding_tools_command(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    (root / "buckets").mkdir(parents=True)
-    (root / "buckets" / "x.1-1.tmp").write_bytes(b"")
-    _age(root / "buckets" / "x.1-1.tmp", 7200)
+    (root / "buckets" / "b" / "v0" / "ab").mkdir(parents=True)
+    (root / "buckets" / "b" / "v0" / "ab" / "x.1-1.tmp").write_bytes(b"")
+    _age(root / "buckets" / "b" / "v0" / "ab" / "x.1-1.tmp", 7200)
     report = doctor.diagnose(safecache.Cache(root), prog="mytool cache")
     assert "`mytool cache prune`" in findings(report)["stale-temp"].remedy
 
@@ -424,7 +506,8 @@ def test_error_causes_from_the_counters(tmp_path: Path) -> None:
     assert finding.status == doctor.WARN
     assert "busy: 12 — files held open by another process (antivirus?" in finding.detail
     assert "permission: 1" in finding.detail
-    assert "real-time scanning" in finding.remedy and "chown" in finding.remedy
+    assert "real-time scanning" in finding.remedy and f"permission: root was refused to write files in {root}" in finding.remedy
+    assert "<dir>" not in finding.remedy
     assert finding.data["by_cause"] == {"busy": 12, "permission": 1}
     assert finding.data["by_bucket"] == {"lint/v3": {"busy": 12, "permission": 1}}
 
@@ -492,3 +575,210 @@ def test_links_to_another_device_fall_back_to_copy(tmp_path: Path, other_device:
     assert finding.status == doctor.WARN and finding.data["auto"] == "copy", finding
     assert "EXDEV" in finding.data["modes"]["hardlink"]["error"]  # type: ignore[index]
     assert "different file systems" in finding.remedy
+
+
+# -- hardening: doctor in a hostile root (the hardening issue) ------------------------------------
+def tree_state(path: Path) -> dict[str, tuple[int, int, int]]:
+    """Every name under ``path`` (itself included) with its inode, size and mtime."""
+    out = {}
+    for p in [path, *sorted(path.rglob("*"))]:
+        st = p.lstat()
+        out[str(p)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A directory a planted link points at: doctor must never write, replace or delete in it."""
+    path = tmp_path / "victim"
+    path.mkdir(mode=0o700)
+    (path / "entry").write_bytes(b"precious")
+    (path / "probe.lock").write_bytes(b"precious too")
+    return path
+
+
+def test_doctor_never_follows_or_reuses_a_planted_scratch_name(tmp_path: Path, victim: Path) -> None:
+    """The old doctor made `.doctor-<pid>` with makedirs (which accepts a
+    directory or a link to one that exists) and wrote, replaced and deleted
+    its probe files through it.  The scratch directory is now made
+    exclusively under a fresh random name."""
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("b").put("k", b"v")
+    planted = root / f".doctor-{os.getpid()}"
+    planted.symlink_to(victim, target_is_directory=True)
+    before = tree_state(victim)
+    report = diagnose(root)
+    assert report.healthy, report.findings
+    assert tree_state(victim) == before
+    assert planted.is_symlink() and sorted(p.name for p in root.iterdir()) == sorted(
+        [".gitignore", "CACHEDIR.TAG", "README", "buckets", "stats", planted.name]
+    )
+
+
+@pytest.mark.parametrize("name", [f".doctor-{os.getpid()}", f".doctor-{os.getpid()}-{'0' * 16}"], ids=["old", "new"])
+def test_a_stale_scratch_directory_of_a_killed_doctor_is_not_reused(tmp_path: Path, name: str) -> None:
+    """Left by a doctor killed mid-run whose pid this process now has
+    (``old``: the fixed name doctors used before)."""
+    root = tmp_path / "c"
+    stale = root / name
+    stale.mkdir(parents=True)
+    (stale / "entry").write_bytes(b"left by a doctor that was killed")
+    report = diagnose(root)
+    assert report.healthy, report.findings
+    assert (stale / "entry").read_bytes() == b"left by a doctor that was killed"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".doctor-")] == [stale.name]
+
+
+def test_doctor_scratch_names_are_recognisable_by_the_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A doctor killed mid-run leaves its scratch directory in the root and
+    its link probe in the target: _layout's predicates name both (and
+    nothing else), so maintenance can reclaim them."""
+    root, target = tmp_path / "c", tmp_path / "project"
+    target.mkdir()
+    monkeypatch.setattr(_fs, "discard_tree", lambda path, budget=0.5: None)  # as if killed before cleaning up
+    diagnose(root, target=target)
+    scratch = [p.name for p in root.iterdir() if p.name.startswith(".")]
+    assert [n for n in scratch if _layout.is_doctor_scratch(n)] == [n for n in scratch if n.startswith(".doctor-")]
+    assert len([n for n in scratch if _layout.is_doctor_scratch(n)]) == 1
+    assert [_layout.is_doctor_probe(p.name) for p in target.iterdir()] == [True]
+    for name in (".doctor-", ".doctor-12x", ".doctor-1-xyz", ".gitignore", ".trash-ab", ".safecache-doctor-1"):
+        assert not _layout.is_doctor_scratch(name) and not _layout.is_doctor_probe(name), name
+    assert _layout.is_doctor_scratch(".doctor-4242")  # the fixed name earlier doctors used
+
+
+def test_doctor_writes_nothing_into_a_root_another_user_owns(tmp_path: Path, victim: Path) -> None:
+    """The cache opens disabled (cause owner) in another user's root, so
+    doctor creates no markers and no scratch directory there, and fails."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / f".doctor-{os.getpid()}").symlink_to(victim, target_is_directory=True)
+    os.chown(root, 65534, 65534)
+    before, victim_before = tree_state(root), tree_state(victim)
+    with pytest.warns(safecache.CacheWarning, match="owned by nobody"):
+        cache = safecache.Cache(root)
+    report = doctor.diagnose(cache)
+    found = findings(report)
+    assert not report.healthy and report.state == "disabled"
+    assert found["owner"].status == doctor.FAIL and "not used" in found["owner"].detail
+    assert found["create"].status == doctor.FAIL and found["create"].detail.startswith("not attempted")
+    assert not {"write", "markers", "links", "read"} & set(found)
+    assert tree_state(root) == before and tree_state(victim) == victim_before
+
+
+# a marker that is not a regular file
+def test_a_fifo_or_a_link_planted_as_a_marker_is_reported_and_never_read(tmp_path: Path) -> None:
+    """The marker check read with open(): a FIFO planted as CACHEDIR.TAG hung
+    doctor, and a symlinked README was followed.  Doctor runs in a subprocess
+    with a timeout, so a hang fails the test instead of the run."""
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("b").put("k", b"v")
+    (root / "CACHEDIR.TAG").unlink()
+    os.mkfifo(root / "CACHEDIR.TAG")
+    good_readme = tmp_path / "elsewhere"
+    good_readme.write_text("a perfectly good README\n")
+    (root / "README").unlink()
+    (root / "README").symlink_to(good_readme)
+    proc = run_cli("doctor", "--cache-dir", str(root), "--json")
+    markers = {f["name"]: f for f in json.loads(proc.stdout)["findings"]}["markers"]
+    assert markers["status"] == "warn"
+    assert markers["data"]["markers"] == {"CACHEDIR.TAG": "not-regular", ".gitignore": "ok", "README": "not-regular"}
+    assert "CACHEDIR.TAG is a FIFO" in markers["detail"] and "README is a symbolic link" in markers["detail"]
+    assert str(root / "CACHEDIR.TAG") in markers["remedy"] and str(root / "README") in markers["remedy"]
+    assert (root / "README").is_symlink() and good_readme.read_text() == "a perfectly good README\n"
+
+
+# remedies name the tool's own variable and real paths
+def test_remedies_name_the_tools_own_variable_and_real_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "c"
+    monkeypatch.setenv("MYTOOL_CACHE_DIR", str(root))
+    cache = safecache.Cache(app_name="mytool", retry_budget=0.01)
+    with pytest.warns(safecache.CacheWarning), inject_errors(errno.EACCES, ops=("open",), path_contains="buckets"):
+        cache.bucket("lint").put("k", b"v")
+    cache.close()
+    monkeypatch.setattr(_fsinfo, "read_mounts", lambda: f"/dev/vda / ext4 rw 0 0\ntmpfs {tmp_path} tmpfs rw 0 0\n")
+    with inject_errors(errno.EROFS, ops=("mkdir",), path_contains=str(root)):
+        report = doctor.diagnose(safecache.Cache(app_name="mytool"))
+    found = findings(report)
+    assert "chosen by the environment variable MYTOOL_CACHE_DIR" in found["location"].detail
+    for name in ("create", "filesystem"):
+        assert "MYTOOL_CACHE_DIR" in found[name].remedy and "SAFECACHE_DIR" not in found[name].remedy, found[name]
+    assert str(root) in found["errors"].remedy
+    for f in report.findings:
+        assert "<dir>" not in f.remedy and "$(id -u)" not in f.remedy, f
+
+
+# the owner check agrees with the trust rules
+@pytest.mark.parametrize(
+    ("case", "shared", "owner_status", "state"),
+    [
+        ("own", False, doctor.OK, "ready"),
+        ("foreign-root", False, doctor.FAIL, "disabled"),
+        ("foreign-root", True, doctor.WARN, "ready"),
+        ("foreign-locks", False, doctor.FAIL, "disabled"),
+        ("symlinked-buckets", False, doctor.FAIL, "disabled"),
+        ("symlinked-buckets", True, doctor.FAIL, "disabled"),
+    ],
+)
+def test_the_owner_check_fails_exactly_when_the_trust_rules_refuse_the_cache(
+    tmp_path: Path, case: str, shared: bool, owner_status: str, state: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("b").put("k", b"v")
+    if case == "foreign-root":
+        os.chown(root, 65534, 65534)
+    elif case == "foreign-locks":
+        (root / "locks").mkdir(exist_ok=True)
+        os.chown(root / "locks", 65534, 65534)
+    elif case == "symlinked-buckets":
+        (root / "buckets").rename(tmp_path / "elsewhere")
+        (root / "buckets").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = safecache.Cache(root, shared=shared)
+    assert bool(caught) == (state == "disabled")  # the cache warns once when it is not used
+    report = doctor.diagnose(cache)
+    owner = findings(report)["owner"]
+    assert (owner.status, report.state, cache.state) == (owner_status, state, state), owner
+    assert ("state" in findings(report)) == (state != "ready")
+    if owner_status == doctor.FAIL:
+        assert "not used" in owner.detail and owner.remedy
+
+
+def test_root_over_a_users_cache_is_told_sudo_h_never_to_chown_it(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("this is about running as root")
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("b").put("k", b"v")
+    for p in [root, *root.rglob("*")]:
+        os.lchown(p, 65534, 65534)
+    with pytest.warns(safecache.CacheWarning, match="sudo -H"):
+        cache = safecache.Cache(root)
+    owner = findings(doctor.diagnose(cache))["owner"]
+    assert owner.status == doctor.FAIL and "nobody" in owner.detail
+    assert "sudo -H" in owner.remedy and "SAFECACHE_SHARED=1" in owner.remedy
+    assert "chown -R" not in owner.remedy and "Do not chown that user's cache to root" in owner.remedy
+
+
+def test_shared_mode_is_reported_with_who_can_write_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    os.chmod(root, 0o2775)  # a group-shared cache, as docs/security.md sets one up
+    monkeypatch.setenv("SAFECACHE_SHARED", "1")
+    report = diagnose(root)
+    owner = findings(report)["owner"]
+    assert owner.status == doctor.WARN and report.healthy
+    assert "shared mode is on (the environment variable SAFECACHE_SHARED)" in owner.detail
+    assert "every member of the group" in owner.detail and "read bytes of their choosing" in owner.detail
+    assert owner.data["shared"] is True and owner.data["writers"]
+    assert "SAFECACHE_SHARED" in owner.remedy
+    monkeypatch.delenv("SAFECACHE_SHARED")
+    private = findings(diagnose(root))["owner"]
+    assert private.status == doctor.OK and private.data["shared"] is False and "shared" not in private.detail

@@ -11,14 +11,19 @@ inside the child with ``safecache.testing``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _unpriv_cases import doctor_findings, restored_cache, run_case, snapshot
+from _unpriv_cases import child_code, doctor_findings, owned_by, restored_cache, run_case, snapshot
+
+from safecache import _cli
 
 pytestmark = pytest.mark.unprivileged
 
@@ -77,13 +82,48 @@ def protected_hardlinks() -> bool:
         return False
 
 
-# -- 1. a root-owned cache this user can read but not write ------------------------------------
+# -- 1. a root-owned cache, in the default private mode: not used at all ------------------------
+@pytest.fixture(scope="module")
+def foreign(unprivileged: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool]:
+    root = restored_cache(unprivileged.workdir())
+    target = owned_dir(unprivileged, "venv")
+    before = snapshot(root)
+    report = run_case(unprivileged, doctor_body(target=str(target)), root)
+    return report, doctor_findings(report), snapshot(root) == before
+
+
+def test_another_users_cache_fails_the_owner_check_and_is_not_read(foreign: Any) -> None:
+    """The trust rules disable a cache another user owns (cause owner), and
+    the owner check agrees: it fails, names the owner, says the cache is not
+    used, and doctor neither writes nor reads anything in it."""
+    report, findings, unchanged = foreign
+    assert report["returncode"] == 1 and report["report"]["state"] == "disabled", report
+    owner = findings["owner"]
+    assert owner["status"] == "fail" and "root (uid 0)" in owner["detail"] and "not used" in owner["detail"]
+    assert findings["state"]["status"] == "fail" and findings["create"]["status"] == "fail"
+    assert "not attempted" in findings["create"]["detail"]
+    assert not {"read", "markers", "write", "links", "stale-temp", "errors"} & set(findings)
+    assert unchanged
+    every_problem_has_a_remedy(findings)
+
+
+def test_another_users_cache_gets_both_ways_out(foreign: Any, unprivileged: Any) -> None:
+    """Give it back if it is yours (the cache root only, to this user by
+    number, shell-quoted), or opt into shared mode if every writer is trusted."""
+    _, findings, _ = foreign
+    remedy = findings["owner"]["remedy"]
+    root = findings["location"]["data"]["path"]
+    assert f"`sudo chown -R {unprivileged.uid} {root}`" in remedy and "CI" in remedy
+    assert "SAFECACHE_SHARED=1" in remedy and "read bytes of their choosing" in remedy
+
+
+# -- 2. the same cache, shared on purpose: this user can read it but not write it -----------------
 @pytest.fixture(scope="module")
 def read_only(unprivileged: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool]:
     root = restored_cache(unprivileged.workdir())
     target = owned_dir(unprivileged, "venv")
     before = snapshot(root)
-    report = run_case(unprivileged, doctor_body(target=str(target)), root)
+    report = run_case(unprivileged, doctor_body(target=str(target)), root, shared=True)
     return report, doctor_findings(report), snapshot(root) == before
 
 
@@ -97,7 +137,9 @@ def test_read_only_root_is_unhealthy_and_says_why(read_only: Any) -> None:
 
 def test_read_only_root_names_the_owner_and_the_fix(read_only: Any) -> None:
     _, findings, _ = read_only
-    assert findings["owner"]["status"] == "warn" and "root (uid 0)" in findings["owner"]["detail"]
+    owner = findings["owner"]
+    assert owner["status"] == "ok" and "root (uid 0)" in owner["detail"]  # shared mode accepts the owner...
+    assert "shared mode is on (the environment variable SAFECACHE_SHARED)" in owner["detail"]  # ...and says so
     assert findings["state"]["status"] == "warn" and "read-only" in findings["state"]["detail"]
     assert findings["create"]["status"] == "fail"
     assert "chown" in findings["create"]["remedy"] and "CI" in findings["create"]["remedy"]
@@ -123,10 +165,10 @@ def test_read_only_root_links_from_the_files_already_there(read_only: Any) -> No
         assert "protected_hardlinks" in links["remedy"] and "chown" in links["remedy"]
 
 
-# -- 2. a cache this user cannot even read ------------------------------------------------------
+# -- 3. a shared cache this user cannot even read ----------------------------------------------
 def test_unreadable_root(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir(), dirs=0o700, files=0o600)
-    report = run_case(unprivileged, doctor_body(), root)
+    report = run_case(unprivileged, doctor_body(), root, shared=True)
     findings = doctor_findings(report)
     assert report["returncode"] == 1 and report["report"]["state"] == "disabled", report
     assert findings["state"]["status"] == "fail" and "not readable" in findings["state"]["detail"]
@@ -136,7 +178,7 @@ def test_unreadable_root(unprivileged: Any) -> None:
     every_problem_has_a_remedy(findings)
 
 
-# -- 3. a file system without hard links (injected in the child) --------------------------------
+# -- 4. a file system without hard links (injected in the child) --------------------------------
 @pytest.mark.parametrize(
     ("wrap", "remedy"),
     [
@@ -160,7 +202,7 @@ def test_no_hard_links(unprivileged: Any, wrap: str, remedy: str) -> None:
     assert list(target.iterdir()) == []
 
 
-# -- 4. a full disk -------------------------------------------------------------------------------
+# -- 5. a full disk -------------------------------------------------------------------------------
 def test_full_disk_injected(unprivileged: Any) -> None:
     root = owned_dir(unprivileged, "home") / "cache"
     setup = "_fsinfo.disk_usage = lambda path: (10**9, 10**9, 0)  # and the disk says so"
@@ -207,4 +249,73 @@ def test_full_disk_on_a_real_tmpfs(unprivileged: Any, small_tmpfs: Path) -> None
     assert free["status"] == "warn" and free["data"]["free"] < 1 << 20
     fs = findings["filesystem"]
     assert fs["data"]["type"] == "tmpfs" and fs["status"] == "warn" and fs["remedy"]
+    every_problem_has_a_remedy(findings)
+
+
+# -- 6. doctor as root in a cache another user planted --------------------------------------------
+def test_doctor_in_a_foreign_root_writes_nothing_and_follows_no_planted_link(unprivileged: Any) -> None:
+    """The hardening issue: doctor, run by root in a root that a real second
+    user made, wrote root-owned markers there, then followed a planted
+    ``.doctor-<pid>`` scratch symlink and overwrote and deleted files in a
+    root-only directory, and exited 0.  Now the cache is not used (another
+    user owns it), so doctor writes nothing in it, follows nothing, exits 1."""
+    shared_tmp = unprivileged.workdir()
+    shared_tmp.chmod(0o1777)
+    victim = unprivileged.workdir() / "root-only"
+    victim.mkdir(mode=0o700)
+    for name in ("entry", "probe.lock", "link-source"):
+        (victim / name).write_bytes(b"root's own")
+    root = shared_tmp / "cache"
+    plant = f"""
+cache = safecache.Cache(ROOT)
+out["put"] = cache.bucket("b").put("k", b"attacker bytes")
+cache.close()
+os.symlink({str(victim)!r}, os.path.join(ROOT, ".doctor-{os.getpid()}"))
+os.remove(os.path.join(ROOT, "README"))
+os.symlink({str(victim / "entry")!r}, os.path.join(ROOT, "README"))
+out["uid"] = os.getuid()
+"""
+    planted = run_case(unprivileged, plant, root)
+    assert planted["put"] is True and planted["uid"] == unprivileged.uid, planted
+    before, victim_before = snapshot(root), snapshot(victim)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        returncode = _cli.main(["doctor", "--cache-dir", str(root), "--json"])
+    findings = {f["name"]: f for f in json.loads(buffer.getvalue())["findings"]}
+    assert returncode == 1
+    assert findings["owner"]["status"] == "fail" and "nobody" in findings["owner"]["detail"]
+    assert "sudo -H" in findings["owner"]["remedy"] and "chown -R" not in findings["owner"]["remedy"]
+    assert not {"write", "markers", "links", "read"} & set(findings)
+    assert snapshot(root) == before and owned_by(root, 0) == []
+    assert snapshot(victim) == victim_before
+    assert all((victim / name).read_bytes() == b"root's own" for name in ("entry", "probe.lock", "link-source"))
+
+
+# -- 7. HOME missing ---------------------------------------------------------------------------------
+DOCTOR_DEFAULT_LOCATION = """
+import subprocess
+proc = subprocess.run([sys.executable, "-m", "safecache", "doctor", "--json"], capture_output=True, text=True, timeout=60)
+out["returncode"] = proc.returncode
+out["stderr"] = proc.stderr
+out["report"] = json.loads(proc.stdout) if proc.stdout.strip() else None
+"""
+
+
+def test_doctor_with_home_missing_names_home_and_advises_no_chown(unprivileged: Any) -> None:
+    """The default location under a HOME that does not exist: the previous
+    doctor advised `chown -R $(id -u) '/'` and never said that HOME does not
+    exist.  Never a recursive chown of a directory the cache does not own."""
+    home = "/nonexistent-safecache-home"
+    assert not os.path.lexists(home)
+    env = {"HOME": home, "SAFECACHE_TEST_ROOT": "-", "SAFECACHE_TEST_ENTRIES": "{}"}
+    report = unprivileged.run_json(child_code(DOCTOR_DEFAULT_LOCATION), env=env)
+    assert isinstance(report, dict)
+    findings = doctor_findings(report)
+    assert report["returncode"] == 1 and report["report"]["state"] == "disabled", report
+    assert report["report"]["path"].startswith(home + "/")
+    create = findings["create"]
+    assert create["status"] == "fail" and f"HOME ({home}) does not exist" in create["detail"], create
+    assert "set HOME" in create["remedy"] and "SAFECACHE_DIR" in create["remedy"]
+    for f in findings.values():
+        assert "chown" not in f["remedy"] and "'/'" not in f["remedy"], f
     every_problem_has_a_remedy(findings)

@@ -337,10 +337,10 @@ def test_users_own_cache_works_normally(unprivileged: Any) -> None:
 
 
 # -- 7. `safecache doctor` as the user -----------------------------------------------------------
-def test_doctor_on_a_read_only_cache_fails_create_and_names_the_owner(unprivileged: Any) -> None:
+def test_doctor_on_a_shared_read_only_cache_fails_create_and_names_the_owner(unprivileged: Any) -> None:
     root = restored_cache(unprivileged.workdir())
     before = snapshot(root)
-    report = run_case(unprivileged, DOCTOR, root)
+    report = run_case(unprivileged, DOCTOR, root, shared=True)
     findings = doctor_findings(report)
     assert report["returncode"] == 1, report
     assert report["report"]["healthy"] is False

@@ -7,17 +7,20 @@ first), so they run on a cache this user cannot write too.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat as _stat
 import time
 
-from . import _errcodes, _layout, _location, _osops, _stats
-from ._doctor_remedies import ERROR_CAUSES
+from . import _errcodes, _fs, _layout, _location, _osops, _stats, _walk
+from ._doctor_remedies import ERROR_CAUSES, Advice, cause_remedy, quote
 from ._doctor_report import OK, WARN, Finding
 from ._units import format_size
 
 #: Temp files and staging trees older than this are leftovers of processes
-#: that died (a live writer finishes in far less).
-STALE_AFTER_S = 3600.0
+#: that died (a live writer finishes in far less): maintenance's age, so that
+#: what doctor reports is what ``safecache prune`` removes.
+STALE_AFTER_S = _walk.LEFTOVER_AGE
 #: The leftover scan stops after examining this many directory entries, so
 #: doctor stays quick on a huge cache (the count is then a lower bound).
 SCAN_LIMIT = 200_000
@@ -30,18 +33,50 @@ _WHY = {
 
 
 # -- markers --------------------------------------------------------------------------------
+_KINDS = (
+    (_stat.S_ISLNK, "a symbolic link"),
+    (_stat.S_ISFIFO, "a FIFO"),
+    (_stat.S_ISDIR, "a directory"),
+    (_stat.S_ISSOCK, "a socket"),
+    (_stat.S_ISCHR, "a device"),
+    (_stat.S_ISBLK, "a device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _read_marker(path: str) -> tuple[str, bytes]:
+    """``(state, first bytes)`` of a marker: ``missing``, ``not-regular``
+    (a symlink, FIFO, directory or device: never opened, or opened without
+    blocking and not read), ``unreadable``, or ``read``."""
+    try:
+        st = _osops.current.lstat(path)
+    except FileNotFoundError:
+        return "missing", b""
+    except OSError:
+        return "unreadable", b""
+    if not _stat.S_ISREG(st.st_mode):
+        return "not-regular", b""
+    try:
+        opened = _fs.read_file(path, budget=0.1)  # O_NOFOLLOW, O_NONBLOCK, regular files only
+    except OSError as exc:
+        return ("not-regular" if exc.errno == errno.ELOOP else "unreadable"), b""
+    if opened is None:  # replaced since the lstat: gone, or no longer a regular file
+        return ("missing" if not _fs.exists(path) else "not-regular"), b""
+    fd, block = opened
+    _osops.current.close(fd)
+    return "read", block[:4096]
+
+
 def markers(root: str) -> dict[str, str]:
-    """Each marker's state: ``ok``, ``missing``, ``wrong`` or ``unreadable``."""
+    """Each marker's state: ``ok``, ``missing``, ``wrong``, ``not-regular`` or ``unreadable``."""
     states = {}
     for name in _layout.MARKERS:
-        try:
-            with open(os.path.join(root, name), "rb") as f:
-                text = f.read(4096)
-        except FileNotFoundError:
-            states[name] = "missing"
-            continue
-        except OSError:
-            states[name] = "unreadable"
+        state, text = _read_marker(os.path.join(root, name))
+        if state != "read":
+            states[name] = state
             continue
         if name == _layout.CACHEDIR_TAG:
             good = text.startswith(_location.CACHEDIR_TAG.split("\n", 1)[0].encode())
@@ -71,10 +106,20 @@ def check_markers(root: str, before: dict[str, str] | None, *, created: bool) ->
         elif repaired:
             detail += f" (created the missing {', '.join(repaired)})"
         return Finding("markers", OK, detail, data=data)
-    parts = [f"{name} is {state} ({_WHY[name]})" for name, state in bad.items()]
-    wrong = [os.path.join(root, n) for n, s in bad.items() if s == "wrong"]
-    if wrong:
-        remedy = (f"remove {', '.join(wrong)}; `safecache doctor` (run by the cache's owner) writes correct ones")
+    parts = []
+    for name, state in bad.items():
+        if state == "not-regular":
+            try:
+                what = _kind(_osops.current.lstat(os.path.join(root, name)).st_mode)
+            except OSError:
+                what = "not a regular file"
+            parts.append(f"{name} is {what}, not a regular file: not read ({_WHY[name]})")
+        else:
+            parts.append(f"{name} is {state} ({_WHY[name]})")
+    planted = [quote(os.path.join(root, n)) for n, s in bad.items() if s in ("wrong", "not-regular")]
+    if planted:
+        remedy = (f"remove {', '.join(planted)} (not what safecache writes there); then `safecache doctor`, run by "
+                  "the cache's owner, writes correct ones")
     elif created:
         remedy = "the markers could not be written: see the create check"
     else:
@@ -83,66 +128,126 @@ def check_markers(root: str, before: dict[str, str] | None, *, created: bool) ->
 
 
 # -- leftovers ----------------------------------------------------------------------------------
-def check_leftovers(root: str, scratch: str | None, *, now: float | None = None) -> Finding:
-    """The ``stale-temp`` check: temp files and staging trees older than an
-    hour, left by killed processes.  ``scratch`` (doctor's own) is skipped."""
-    cutoff = (time.time() if now is None else now) - STALE_AFTER_S
-    ops = _osops.current
-    temp_files = staging_trees = examined = 0
-    temp_bytes = 0
-    truncated = False
-    errors: list[str] = []
-    stack = [root]
-    while stack:
-        directory = stack.pop()
+class _Scan:
+    """A bounded walk: lists directories and surveys trees until SCAN_LIMIT
+    names have been examined."""
+
+    def __init__(self, cutoff: float) -> None:
+        self.cutoff = cutoff
+        self.examined = 0
+        self.truncated = False
+
+    def list(self, directory: str) -> list[os.DirEntry[str]]:
+        if self.truncated:
+            return []
         try:
-            entries = list(ops.scandir(directory))
-        except OSError as exc:
-            if directory == root:
-                errors.append(_errcodes.describe(exc, with_type=False, errno_name=True))
+            with _osops.current.scandir(directory) as it:
+                entries = list(it)
+        except OSError:
+            return []
+        room = SCAN_LIMIT - self.examined
+        if len(entries) > room:
+            self.truncated = True
+            entries = entries[:max(room, 0)]
+        self.examined += len(entries)
+        return entries
+
+    def old_tree(self, path: str) -> bool:
+        """Whether everything under ``path`` is older than the cutoff (what
+        maintenance checks before removing a staging tree or trash)."""
+        pending = [path]
+        try:
+            if _osops.current.lstat(path).st_mtime >= self.cutoff:
+                return False
+        except OSError:
+            return False
+        while pending:
+            for entry in self.list(pending.pop()):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_mtime >= self.cutoff:
+                    return False
+                if _stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+        return not self.truncated
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def check_leftovers(root: str, *, writable: bool = True, now: float | None = None) -> Finding:
+    """The ``stale-temp`` check: the leftovers of killed processes that
+    ``safecache prune`` removes, older than an hour, found where it looks
+    for them and named by the same :mod:`._layout` predicates: temp files
+    in the root, ``stats/`` and the fan-out directories of bucket versions
+    (entries and tree pointers); staging and half-removed trees in
+    ``tree-objects/``; abandoned trash in the root.  ``writable``: whether
+    this user may run prune (else the remedy names the cache's owner)."""
+    scan = _Scan((time.time() if now is None else now) - STALE_AFTER_S)
+    temp_files = temp_bytes = staging_trees = trash = 0
+    try:
+        _osops.current.listdir(root)
+    except OSError as exc:
+        reason = _errcodes.describe(exc, with_type=False, errno_name=True)
+        return Finding("stale-temp", WARN, f"cannot look for leftovers: {reason}",
+                       "see the read check; the cache's owner can run `safecache doctor`",
+                       {"temp_files": 0, "temp_bytes": 0, "staging_trees": 0, "trash": 0, "complete": False})
+
+    def temp(entry: os.DirEntry[str]) -> None:
+        nonlocal temp_files, temp_bytes
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return
+        if not _stat.S_ISDIR(st.st_mode) and st.st_mtime < scan.cutoff:
+            temp_files += 1
+            temp_bytes += st.st_size
+
+    for directory in (root, _layout.stats_dir(root)):
+        for entry in scan.list(directory):
+            if _layout.is_temp(entry.name):
+                temp(entry)
+            elif directory == root and _layout.is_trash(entry.name) and _is_dir(entry) and scan.old_tree(entry.path):
+                trash += 1
+    for bucket in scan.list(_layout.buckets_dir(root)):
+        if not (_layout.valid_bucket_name(bucket.name) and _is_dir(bucket)):
             continue
-        in_objects = os.path.basename(directory) == _layout.TREE_OBJECTS
-        for entry in entries:
-            examined += 1
-            if examined > SCAN_LIMIT:
-                truncated = True
-                stack.clear()
-                break
-            name = entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
+        for vdir in scan.list(bucket.path):
+            if _layout.parse_version_dir(vdir.name) is None or not _is_dir(vdir):
                 continue
-            if is_dir:
-                if directory == root and (name == _layout.LOCKS or entry.path == scratch):
-                    continue
-                # A tree being built or removed counts once, as a tree: its
-                # files are not leftovers of their own.
-                if in_objects and (name.endswith(_layout.STAGING_SUFFIX) or _layout.DOOMED_INFIX in name):
-                    if st.st_mtime < cutoff:
-                        staging_trees += 1
-                    continue
-                stack.append(entry.path)
-            elif _layout.is_temp(name) and st.st_mtime < cutoff:
-                temp_files += 1
-                temp_bytes += st.st_size
+            for top in (vdir.path, _layout.trees_dir(vdir.path)):
+                for shard in scan.list(top):
+                    if _layout.is_shard(shard.name) and _is_dir(shard):
+                        for entry in scan.list(shard.path):
+                            if _layout.is_temp(entry.name):
+                                temp(entry)
+            for obj in scan.list(_layout.tree_objects_dir(vdir.path)):
+                if (_layout.is_staging(obj.name) or _layout.is_doomed(obj.name)) and _is_dir(obj) \
+                        and scan.old_tree(obj.path):
+                    staging_trees += 1
     data: dict[str, object] = {"temp_files": temp_files, "temp_bytes": temp_bytes, "staging_trees": staging_trees,
-                               "complete": not truncated}
-    if errors:
-        return Finding("stale-temp", WARN, f"cannot look for leftovers: {errors[0]}",
-                       "see the read check; the cache's owner can run `safecache doctor`", data)
-    at_least = "at least " if truncated else ""
-    if not temp_files and not staging_trees:
-        detail = "no temp files or staging trees older than 1 hour"
-        if truncated:
+                               "trash": trash, "complete": not scan.truncated}
+    at_least = "at least " if scan.truncated else ""
+    if not temp_files and not staging_trees and not trash:
+        detail = "no temp files, staging trees or trash older than 1 hour"
+        if scan.truncated:
             detail += f" among the first {SCAN_LIMIT} files examined"
         return Finding("stale-temp", OK, detail, data=data)
+    trash_note = f" and {trash} abandoned trash directories" if trash else ""
+    prune = "run `safecache prune` (safe while other processes use the cache); automatic trimming removes them too"
+    if not writable:
+        prune = "the cache's owner can " + prune
     return Finding(
         "stale-temp", WARN,
-        f"{at_least}{temp_files} temp files ({format_size(temp_bytes)}) and {staging_trees} staging trees older than "
-        "1 hour: left by processes that were killed or crashed",
-        "run `safecache prune` (safe while other processes use the cache); automatic trimming removes them too",
+        f"{at_least}{temp_files} temp files ({format_size(temp_bytes)}), {staging_trees} staging or half-removed "
+        f"trees{trash_note} older than 1 hour: left by processes that were killed or crashed",
+        prune,
         data,
     )
 
@@ -165,7 +270,7 @@ def cached_size(counters: dict[str, dict[str, object]] | None) -> int:
     return max(0, sum(_int(b.get("size")) for b in (counters or {}).values()))
 
 
-def check_errors(counters: dict[str, dict[str, object]]) -> Finding:
+def check_errors(counters: dict[str, dict[str, object]], advice: Advice) -> Finding:
     """The ``errors`` check: the causes the counters record, each explained."""
     by_cause: dict[str, int] = {}
     by_bucket: dict[str, dict[str, int]] = {}
@@ -189,8 +294,8 @@ def check_errors(counters: dict[str, dict[str, object]]) -> Finding:
     parts = []
     remedies = []
     for cause, n in sorted(by_cause.items(), key=lambda item: (-item[1], item[0])):
-        meaning, remedy = ERROR_CAUSES.get(cause, (f"errors of kind {cause!r}", "see the `safecache` logger"))
+        meaning = ERROR_CAUSES.get(cause, (f"errors of kind {cause!r}", ""))[0]
         parts.append(f"{cause}: {n} — {meaning}")
-        remedies.append(f"{cause}: {remedy}")
+        remedies.append(f"{cause}: {cause_remedy(cause, advice)}")
     return Finding("errors", WARN, "errors recorded by the counters: " + "; ".join(parts) + corrupt_note,
                    "; ".join(remedies), data)

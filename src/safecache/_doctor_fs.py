@@ -7,7 +7,7 @@ The facts come from :mod:`._fsinfo`; this module judges them.
 from __future__ import annotations
 
 from . import _errcodes, _fsinfo, _location
-from ._doctor_remedies import remedy_for
+from ._doctor_remedies import Advice, remedy_for
 from ._doctor_report import OK, WARN, Finding
 from ._units import format_size
 
@@ -20,11 +20,12 @@ _SMB = ("cifs", "smb3", "smb2", "smbfs")
 _FAT = ("vfat", "msdos", "fat", "fat12", "fat16", "fat32", "exfat")
 
 
-def _caveat(fs: dict[str, object]) -> tuple[str, str] | None:
-    """``(caveat, remedy)`` for a file system with known caveats, else None."""
+def _caveat(fs: dict[str, object], var: str) -> tuple[str, str] | None:
+    """``(caveat, remedy)`` for a file system with known caveats, else None;
+    ``var`` is the variable that moves the cache."""
     kind = str(fs["type"])
     wsl = bool(fs.get("wsl"))
-    local = "put the cache on a local disk (SAFECACHE_DIR or --cache-dir)"
+    local = f"put the cache on a local disk ({var} or --cache-dir)"
     caveat: str
     remedy: str
     if kind in _NFS:
@@ -50,7 +51,7 @@ def _caveat(fs: dict[str, object]) -> tuple[str, str] | None:
         remedy = local
     elif kind in ("tmpfs", "ramfs"):
         caveat = "tmpfs: kept in memory, so the cache is emptied at every reboot and its size counts against RAM"
-        remedy = "fine for a throw-away cache (CI); for one that persists, point SAFECACHE_DIR at a disk"
+        remedy = f"fine for a throw-away cache (CI); for one that persists, point {var} at a disk"
     elif kind in ("fuse", "fuseblk") or kind.startswith("fuse."):
         caveat = (f"FUSE file system ({kind}): locks, renames over open files and hard links depend on the "
                   "implementation (see the lock and links checks)")
@@ -64,7 +65,7 @@ def _caveat(fs: dict[str, object]) -> tuple[str, str] | None:
     return caveat, remedy
 
 
-def check_filesystem(path: str) -> Finding:
+def check_filesystem(path: str, advice: Advice) -> Finding:
     """The ``filesystem`` check: the type holding ``path``, and its caveats."""
     try:
         fs = _fsinfo.filesystem_of(path)
@@ -73,13 +74,13 @@ def check_filesystem(path: str) -> Finding:
     kind = str(fs["type"])
     where = f" mounted at {fs['mount_point']}" if fs["mount_point"] else ""
     wsl = " under WSL" if fs["wsl"] else ""
-    caveat = _caveat(fs)
+    caveat = _caveat(fs, advice.var)
     if caveat is None:
         return Finding("filesystem", OK, f"{kind}{where}{wsl}", data=fs)
     return Finding("filesystem", WARN, f"{kind}{where}{wsl}: {caveat[0]}", caveat[1], fs)
 
 
-def check_free_space(cache: Cache, size: int) -> Finding:
+def check_free_space(cache: Cache, size: int, advice: Advice) -> Finding:
     """The ``free-space`` check: free space against what the cache may still
     grow by (its limit less ``size``, what it holds by its counters)."""
     assert cache.path is not None
@@ -89,7 +90,7 @@ def check_free_space(cache: Cache, size: int) -> Finding:
     except OSError as exc:
         return Finding("free-space", WARN,
                        f"cannot tell the free space of {where}: {_errcodes.describe(exc, with_type=False, errno_name=True)}",
-                       remedy_for(exc, where, "examine files"))
+                       remedy_for(exc, where, "examine files", advice))
     limit = cache.max_size
     data: dict[str, object] = {"free": free, "total": total, "size": size, "max_size": limit}
     if limit is None:
@@ -106,7 +107,7 @@ def check_free_space(cache: Cache, size: int) -> Finding:
             f"{format_size(free)} free, but the cache may still grow by {format_size(room)} (limit {format_size(limit)}, "
             f"now {format_size(size)}): the disk fills before the cache reaches its limit",
             "free space on the disk, lower the cache's size limit (Cache(max_size=...), then `safecache prune "
-            "--max-size SIZE`), or move the cache to a larger disk (SAFECACHE_DIR)",
+            f"--max-size SIZE`), or move the cache to a larger disk ({advice.var})",
             data,
         )
     return Finding("free-space", OK,

@@ -10,7 +10,7 @@ import os
 import stat as _stat
 
 from . import _errcodes, _fs, _layout, _link, _osops
-from ._doctor_remedies import euid, remedy_for, user
+from ._doctor_remedies import Advice, give_back, remedy_for, user
 from ._doctor_report import FAIL, OK, WARN, Finding
 
 TYPE_CHECKING = False
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 _LINK_CHAIN = ("clone", "hardlink", "copy")  # what "auto" tries, in order
 _PROBED = ("clone", "hardlink", "symlink", "copy")
-#: The probe directory doctor makes in the target (not in the cache).
-_TARGET_PROBE_PREFIX = ".safecache-doctor-"
 
 
 def _probe_source(cache: Cache, scratch: str | None) -> str | None:
@@ -45,7 +43,7 @@ def _probe_source(cache: Cache, scratch: str | None) -> str | None:
     return None
 
 
-def check_links(cache: Cache, scratch: str | None, target: str | None) -> Finding | None:
+def check_links(cache: Cache, scratch: str | None, target: str | None, advice: Advice) -> Finding | None:
     """The ``links`` check: try every link mode from a file in the cache into
     ``target`` (default: the current directory, else the cache's own file
     system).  None when there is no file in the cache to link from."""
@@ -65,15 +63,18 @@ def check_links(cache: Cache, scratch: str | None, target: str | None) -> Findin
     if target is not None:
         target = os.path.abspath(target)
         try:
-            probe_dir = _fs.make_temp_dir(target, prefix=f"{_TARGET_PROBE_PREFIX}{os.getpid()}-")
+            probe_dir = _fs.make_temp_dir(target, prefix=_layout.doctor_probe_prefix())
         except OSError as exc:
             error = exc
     if probe_dir is None and explicit:
         assert error is not None and target is not None
         if isinstance(error, (FileNotFoundError, NotADirectoryError)):
             remedy = f"{target} is not an existing directory: pass --target a directory where files would be placed"
+        elif isinstance(error, PermissionError):
+            remedy = (f"this user cannot create files in {target}: pass --target a directory this user can write, "
+                      "where the tool places trees (a virtual environment, a build directory)")
         else:
-            remedy = remedy_for(error, target, "create files")
+            remedy = remedy_for(error, target, "create files", advice)
         reason = _errcodes.describe(error, with_type=False, errno_name=True)
         return Finding("links", WARN, f"cannot create a probe directory in the target {target}: {reason}",
                        remedy, {"target": target, "target_source": where_from})
@@ -92,12 +93,12 @@ def check_links(cache: Cache, scratch: str | None, target: str | None) -> Findin
     else:
         note = ""
     try:
-        return _link_finding(source, probe_dir, target or "", where_from, note)
+        return _link_finding(source, probe_dir, target or "", where_from, note, advice)
     finally:
         _fs.discard_tree(probe_dir, budget=cache.retry_budget)
 
 
-def _link_finding(source: str, probe_dir: str, target: str, where_from: str, note: str) -> Finding:
+def _link_finding(source: str, probe_dir: str, target: str, where_from: str, note: str, advice: Advice) -> Finding:
     # Each mode exactly as trees place a file (Placer's one attempt, without
     # its fallbacks): doctor must see each mode's own result.
     attempt = _link.Placer("auto")._attempt
@@ -116,7 +117,7 @@ def _link_finding(source: str, probe_dir: str, target: str, where_from: str, not
         if failure is None:
             auto = mode
             break
-        if mode != "copy" and _link._unsupported(mode, failure):
+        if mode != "copy" and _link.unsupported(mode, failure):
             continue
         auto_error = failure
         break
@@ -135,7 +136,7 @@ def _link_finding(source: str, probe_dir: str, target: str, where_from: str, not
     detail = f"from the cache to {target}{note}: {listing}; auto uses {auto or 'nothing (it fails)'}"
     if auto is None:
         assert auto_error is not None
-        return Finding("links", FAIL, detail, remedy_for(auto_error, target, "place files"), data)
+        return Finding("links", FAIL, detail, remedy_for(auto_error, target, "place files", advice), data)
     if config_error:
         return Finding("links", WARN, detail + f"; {config_error}",
                        f"set {_link.ENV_VAR} to one of {', '.join(_link.MODES)}, or unset it", data)
@@ -148,17 +149,16 @@ def _link_finding(source: str, probe_dir: str, target: str, where_from: str, not
     if auto == "copy":
         assert results["hardlink"] is not None
         return Finding("links", WARN, detail + ": placing a tree copies every file (slower, uses disk space)",
-                       _no_hardlink_remedy(results["hardlink"], source, target), data)
+                       _no_hardlink_remedy(results["hardlink"], source, target, advice), data)
     return Finding("links", OK, detail, data=data)
 
 
-def _no_hardlink_remedy(exc: OSError, source: str, target: str) -> str:
+def _no_hardlink_remedy(exc: OSError, source: str, target: str, advice: Advice) -> str:
     winerror = _errcodes.winerror(exc)
     if exc.errno == errno.EXDEV or winerror == _errcodes.ERROR_NOT_SAME_DEVICE:
         return (
             f"the cache and {target} are on different file systems (cross-device), and hard links and clones cannot "
-            "cross them: put the cache on the same file system as the target (SAFECACHE_DIR), "
-            "or accept copies"
+            f"cross them: put the cache on the same file system as the target ({advice.var}), or accept copies"
         )
     if winerror == _errcodes.ERROR_INVALID_FUNCTION or exc.errno in (
         errno.ENOSYS, getattr(errno, "EOPNOTSUPP", -1), getattr(errno, "ENOTSUP", -1)
@@ -172,12 +172,13 @@ def _no_hardlink_remedy(exc: OSError, source: str, target: str) -> str:
             owner = _osops.current.lstat(source).st_uid
         except OSError:
             owner = None
-        me = euid()
+        me = advice.euid
         if owner is not None and me is not None and owner != me:
             return (
                 f"the cache's files belong to {user(owner)}, and Linux (fs.protected_hardlinks) refuses to hard-link "
-                f"another user's files: `chown -R $(id -u)` the cache (a cache restored by CI often arrives owned by "
-                "another user), or use a per-user cache (SAFECACHE_DIR)"
+                f"another user's files: if the cache is yours (a cache restored by CI often arrives owned by another "
+                f"user), give it back: {give_back(advice)}; otherwise use a cache of your own ({advice.var}), or "
+                "accept copies"
             )
         return (
             "the file system refuses hard links (FAT/exFAT have none; some network and FUSE file systems refuse "

@@ -12,7 +12,7 @@ import errno
 import os
 
 from . import _errcodes, _fs, _locks, _osops
-from ._doctor_remedies import remedy_for
+from ._doctor_remedies import Advice, remedy_for
 from ._doctor_report import FAIL, OK, WARN, Finding
 
 TYPE_CHECKING = False
@@ -25,9 +25,12 @@ _OPEN_FILE_WINERRORS = (_errcodes.ERROR_ACCESS_DENIED, _errcodes.ERROR_SHARING_V
 _OPEN_FILE_ERRNOS = (errno.EACCES, errno.EBUSY)
 
 
-def probe_operations(cache: Cache, scratch: str, findings: list[Finding]) -> None:
+def probe_operations(cache: Cache, scratch: str, advice: Advice, findings: list[Finding]) -> None:
     """Append the ``write``, ``read``, ``replace-open``, ``lock``,
-    ``shared-lock`` and ``delete`` findings for probes in ``scratch``."""
+    ``shared-lock`` and ``delete`` findings for probes in ``scratch``.
+    Remedies name the root, not the scratch directory (removed afterwards)."""
+    assert cache.path is not None
+    root = cache.path
     budget = cache.retry_budget
     ops = _osops.current
     target = os.path.join(scratch, "entry")
@@ -37,7 +40,7 @@ def probe_operations(cache: Cache, scratch: str, findings: list[Finding]) -> Non
         _fs.write_file(target, [payload], budget=budget)
         findings.append(Finding("write", OK, "wrote a file through a temp file and rename"))
     except OSError as exc:
-        findings.append(Finding("write", FAIL, f"cannot write {target}: {exc}", remedy_for(exc, scratch, "write files")))
+        findings.append(Finding("write", FAIL, f"cannot write {target}: {exc}", remedy_for(exc, root, "write files", advice)))
         return
     # read
     try:
@@ -52,12 +55,12 @@ def probe_operations(cache: Cache, scratch: str, findings: list[Finding]) -> Non
         else:
             findings.append(Finding("read", OK, "read back what was written"))
     except OSError as exc:
-        findings.append(Finding("read", FAIL, f"cannot read {target}: {exc}", remedy_for(exc, scratch, "read files")))
+        findings.append(Finding("read", FAIL, f"cannot read {target}: {exc}", remedy_for(exc, root, "read files", advice)))
     # replace while another handle has the file open (ruff #12284's failure)
     try:
         reader = ops.open(target, _osops.READ_FLAGS, share_delete=False)
     except OSError as exc:
-        findings.append(Finding("replace-open", FAIL, f"cannot open {target}: {exc}", remedy_for(exc, scratch, "open files")))
+        findings.append(Finding("replace-open", FAIL, f"cannot open {target}: {exc}", remedy_for(exc, root, "open files", advice)))
     else:
         try:
             _fs.write_file(target, [payload + b"2"], budget=min(budget, 0.2))
@@ -73,7 +76,7 @@ def probe_operations(cache: Cache, scratch: str, findings: list[Finding]) -> Non
                 ))
             else:
                 findings.append(Finding("replace-open", FAIL, f"cannot replace {target}: {exc}",
-                                        remedy_for(exc, scratch, "replace files")))
+                                        remedy_for(exc, root, "replace files", advice)))
         finally:
             ops.close(reader)
     # locks: exclusive, then shared
@@ -84,17 +87,17 @@ def probe_operations(cache: Cache, scratch: str, findings: list[Finding]) -> Non
         lock.release()
         findings.append(Finding("lock", OK, "took and released an OS file lock"))
     except OSError as exc:
-        findings.append(Finding("lock", FAIL, f"cannot lock a file here: {exc}", remedy_for(exc, scratch, "lock files")))
-    findings.append(_check_shared_lock(lock_path, scratch))
+        findings.append(Finding("lock", FAIL, f"cannot lock a file here: {exc}", remedy_for(exc, root, "lock files", advice)))
+    findings.append(_check_shared_lock(lock_path, root, advice))
     # delete
     try:
         _fs.remove(target, budget=budget)
         findings.append(Finding("delete", OK, "deleted a file"))
     except OSError as exc:
-        findings.append(Finding("delete", FAIL, f"cannot delete {target}: {exc}", remedy_for(exc, scratch, "delete files")))
+        findings.append(Finding("delete", FAIL, f"cannot delete {target}: {exc}", remedy_for(exc, root, "delete files", advice)))
 
 
-def _check_shared_lock(lock_path: str, scratch: str) -> Finding:
+def _check_shared_lock(lock_path: str, root: str, advice: Advice) -> Finding:
     """Two shared holders at once, and an exclusive lock kept out while they
     hold it: what a tree in use relies on (readers share, a remover waits)."""
     first = _locks.FileLock(lock_path, timeout=1.0, shared=True)
@@ -103,7 +106,7 @@ def _check_shared_lock(lock_path: str, scratch: str) -> Finding:
     try:
         first.acquire()
     except OSError as exc:
-        return Finding("shared-lock", FAIL, f"cannot take a shared lock here: {exc}", remedy_for(exc, scratch, "lock files"))
+        return Finding("shared-lock", FAIL, f"cannot take a shared lock here: {exc}", remedy_for(exc, root, "lock files", advice))
     try:
         try:
             second.acquire()
@@ -113,14 +116,14 @@ def _check_shared_lock(lock_path: str, scratch: str) -> Finding:
                 "processes using the same tree wait for each other; put the cache on a local disk",
             )
         except OSError as exc:
-            return Finding("shared-lock", FAIL, f"cannot take a second shared lock: {exc}", remedy_for(exc, scratch, "lock files"))
+            return Finding("shared-lock", FAIL, f"cannot take a second shared lock: {exc}", remedy_for(exc, root, "lock files", advice))
         try:
             exclusive.acquire()
         except TimeoutError:
             return Finding("shared-lock", OK, "two shared locks held at once, and they kept an exclusive lock out")
         except OSError as exc:
             return Finding("shared-lock", FAIL, f"cannot take an exclusive lock next to shared ones: {exc}",
-                           remedy_for(exc, scratch, "lock files"))
+                           remedy_for(exc, root, "lock files", advice))
         exclusive.release()
         return Finding(
             "shared-lock", FAIL, "an exclusive lock was granted while shared locks were held: locks do not exclude here",

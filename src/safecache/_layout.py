@@ -297,3 +297,41 @@ DOCTOR_SCRATCH_PREFIX = ".doctor-"
 def doctor_scratch(root: str, pid: int | None = None) -> str:
     """The scratch directory of the doctor running as ``pid`` (default: this process)."""
     return os.path.join(root, f"{DOCTOR_SCRATCH_PREFIX}{os.getpid() if pid is None else pid}")
+
+
+#: ``safecache doctor`` tries each link mode in ``.safecache-doctor-<pid>-<r>/``
+#: inside the link target (the current directory by default), outside the cache.
+DOCTOR_PROBE_PREFIX = ".safecache-doctor-"
+
+
+def doctor_scratch_prefix(pid: int | None = None) -> str:
+    """The name prefix of doctor's scratch directory in the root:
+    ``.doctor-<pid>-``, to which :func:`._fs.make_temp_dir` appends 16 random
+    hex digits, creating it exclusively (a name that exists, planted or left
+    by a killed doctor, is never reused)."""
+    return f"{DOCTOR_SCRATCH_PREFIX}{os.getpid() if pid is None else pid}-"
+
+
+def doctor_probe_prefix(pid: int | None = None) -> str:
+    """The name prefix of doctor's link-probe directory in the target."""
+    return f"{DOCTOR_PROBE_PREFIX}{os.getpid() if pid is None else pid}-"
+
+
+def _pid_and_random(rest: str, *, optional: bool) -> bool:
+    pid, dash, tag = rest.partition("-")
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 10):
+        return False
+    return (optional and not dash) or is_hex(tag, 16)
+
+
+def is_doctor_scratch(name: str) -> bool:
+    """A scratch directory of doctor in the root: ``.doctor-<pid>-<16 hex>``,
+    or ``.doctor-<pid>`` (the name earlier doctors used).  One that outlives
+    its doctor (killed) is a leftover that nothing else uses; a live doctor's
+    is minutes old at most, so reclaim it only when old, as other leftovers."""
+    return name.startswith(DOCTOR_SCRATCH_PREFIX) and _pid_and_random(name[len(DOCTOR_SCRATCH_PREFIX):], optional=True)
+
+
+def is_doctor_probe(name: str) -> bool:
+    """A link-probe directory of doctor in a target: ``.safecache-doctor-<pid>-<16 hex>``."""
+    return name.startswith(DOCTOR_PROBE_PREFIX) and _pid_and_random(name[len(DOCTOR_PROBE_PREFIX):], optional=False)

@@ -8,6 +8,10 @@ directory, locks, link modes, free space, leftovers, counters) and returns a
 formats a report as the CLI prints it; ``Report.as_dict()`` is its JSON
 (schema :data:`SCHEMA`).  :data:`ERROR_CAUSES` explains each error cause
 the counters record (the ``errors`` check).  docs/doctor.md lists every check.
+
+Doctor follows the cache's trust rules (docs/security.md): it writes into
+the root only when the cache opens ``ready``, and reads nothing from a cache
+that is not used because another user owns it.
 """
 
 from __future__ import annotations
