@@ -46,7 +46,12 @@ LAYERS: dict[str, int] = {
     "_trust": 5,
     # 6: the store
     "_bucket": 6,
+    "_write": 6,
+    "_read": 6,
+    "_listing": 6,
     "_cache": 6,
+    "_memoize": 6,
+    "_aio": 6,
     # 7: trees
     "_manifest": 7,
     "_tree": 7,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -260,21 +261,24 @@ def test_debug_keys_is_silent_by_default(cache: safecache.Cache, capsys: pytest.
 _KINDS = st.one_of(st.sampled_from(sorted(_format.KIND_NAMES)), st.integers(0, 255))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     payload=st.one_of(
         st.binary(max_size=300),
-        st.integers(_format.BLOCK - _format.HEADER_SIZE - 3, _format.BLOCK - _format.HEADER_SIZE + 3).map(lambda n: b"x" * n),
+        st.integers(_format.BLOCK - _format.HEADER_SIZE - 40, _format.BLOCK - _format.HEADER_SIZE + 3).map(lambda n: b"x" * n),
     ),
     kind=_KINDS,
     flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=3),
     cut=st.one_of(st.none(), st.integers(0, 400)),
     tail=st.binary(max_size=4),
     other_key=st.booleans(),
-    version=st.sampled_from([_format.VERSION, _format.VERSION, 0, 2]),
+    version=st.sampled_from([_format.VERSION, _format.VERSION, _format.V1, 0, 3]),
     magic=st.sampled_from([_format.MAGIC, _format.MAGIC, b"\x89SCF"]),
     length_delta=st.sampled_from([0, 0, 0, -1, 1]),
     crc_delta=st.sampled_from([0, 0, 0, 1]),
+    meta=st.binary(max_size=40),
+    stored_key=st.binary(max_size=20),
+    expires=st.sampled_from([0, 0, 1, 2**62]),
 )
 def test_get_agrees_with_the_entry_reader_on_every_input(
     cache: safecache.Cache,
@@ -288,9 +292,13 @@ def test_get_agrees_with_the_entry_reader_on_every_input(
     magic: bytes,
     length_delta: int,
     crc_delta: int,
+    meta: bytes,
+    stored_key: bytes,
+    expires: int,
 ) -> None:
     # Bucket.get inlines the validation of small entries (every hit's cost);
-    # it must accept and refuse exactly what _format.read_entry does.
+    # it must accept and refuse exactly what _format.read_entry does, and
+    # treat an expired entry as a miss.
     b = cache.bucket("hot")
     key = "k"
     digest = bytes.fromhex(_keys.key_digest("other" if other_key else key))
@@ -298,8 +306,14 @@ def test_get_agrees_with_the_entry_reader_on_every_input(
     # field check is reached, not only the checksum.
     length = max(0, len(payload) + length_delta)
     crc = (_format.crc32(payload) + crc_delta) & 0xFFFFFFFF
-    head = _format._HEAD.pack(magic, version, kind, 0, length, 1, digest, crc)
-    data = bytearray(head + _format.crc32(head).to_bytes(4, "little") + payload)
+    if version == _format.V1:
+        head = _format._V1_HEAD.pack(magic, version, kind, 0, length, 1, digest, crc)
+        region = head + _format.crc32(head).to_bytes(4, "little")
+    else:
+        head = _format._HEAD.pack(magic, version, kind, 1, length, 1, digest, expires, len(stored_key), len(meta), crc)
+        check = _format.crc32(meta, _format.crc32(stored_key, _format.crc32(head)))
+        region = head + check.to_bytes(4, "little") + stored_key + meta
+    data = bytearray(region + payload)
     for offset, mask in flips:
         if offset < len(data):
             data[offset] ^= mask
@@ -311,7 +325,9 @@ def test_get_agrees_with_the_entry_reader_on_every_input(
     path.write_bytes(bytes(data))
     fd = os.open(path, os.O_RDONLY)
     try:
-        expected: bytes | None = _format.read_entry(fd, os.read(fd, _format.BLOCK), bytes.fromhex(_keys.key_digest(key)))[1]
+        header, expected = _format.read_entry(fd, os.read(fd, _format.BLOCK), bytes.fromhex(_keys.key_digest(key)))
+        if header.expired(time.time_ns()):
+            expected = None
     except _format.Invalid:
         expected = None
     finally:

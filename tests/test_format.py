@@ -24,13 +24,36 @@ def stored(cache: safecache.Cache, value: bytes = b"hello world") -> tuple[safec
     return b, path, path.read_bytes()
 
 
-def test_header_layout_is_48_bytes_little_endian(cache: safecache.Cache) -> None:
-    _, _, raw = stored(cache, b"abc")
-    assert len(raw) == 48 + 3
+def test_header_layout_is_64_bytes_little_endian_then_key_meta_payload(cache: safecache.Cache) -> None:
+    b = cache.bucket("fmt")
+    b.put("k", b"abc", meta=b"mm")
+    raw = entry(b, "k").read_bytes()
+    key = _keys.encode_key("k")
+    assert len(raw) == 64 + len(key) + 2 + 3
     magic, version, kind, flags, length = struct.unpack_from("<4sHBBQ", raw)
-    assert (magic, version, kind, flags, length) == (b"\x89SCE", 1, 1, 0, 3)
+    assert (magic, version, kind, flags, length) == (b"\x89SCE", 2, 1, 1, 3)
     assert raw[24:40] == bytes.fromhex(_keys.key_digest("k"))
-    assert raw[48:] == b"abc"
+    assert struct.unpack_from("<QII", raw, 40) == (0, len(key), 2)
+    assert raw[64:] == key + b"mm" + b"abc"
+
+
+def _resealed(head: bytes, rest: bytes = b"") -> bytes:
+    """A v2 header region with ``head``'s fields and a matching header CRC."""
+    klen, mlen = struct.unpack_from("<II", head, 48)
+    region = rest[: klen + mlen]
+    check = _format.crc32(region, _format.crc32(head[:60]))
+    return head[:60] + check.to_bytes(4, "little") + rest
+
+
+def test_entries_written_by_version_1_are_still_read(cache: safecache.Cache) -> None:
+    b = cache.bucket("fmt")
+    digest = bytes.fromhex(_keys.key_digest("k"))
+    head = _format._V1_HEAD.pack(_format.MAGIC, 1, 1, 0, 3, 1, digest, _format.crc32(b"old"))
+    path = entry(b, "k")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(head + _format.crc32(head).to_bytes(4, "little") + b"old")
+    assert b.get("k") == b"old"
+    assert b.get_with_meta("k") == (b"old", b"")
 
 
 @pytest.mark.parametrize(
@@ -42,6 +65,8 @@ def test_header_layout_is_48_bytes_little_endian(cache: safecache.Cache) -> None
         (lambda raw: raw + b"x", "wrong-length"),
         (lambda raw: b"XXXX" + raw[4:], "bad-magic"),
         (lambda raw: raw[:47] + bytes([raw[47] ^ 1]) + raw[48:], "bad-header"),
+        (lambda raw: raw[:63] + bytes([raw[63] ^ 1]) + raw[64:], "bad-header"),
+        (lambda raw: raw[:65] + bytes([raw[65] ^ 1]) + raw[66:], "bad-header"),  # the stored key
         (lambda raw: raw[:-1] + bytes([raw[-1] ^ 0x80]), "bad-checksum"),
     ],
 )
@@ -67,11 +92,9 @@ def test_entry_moved_under_another_key_is_a_miss(cache: safecache.Cache) -> None
 
 def test_entry_from_a_newer_format_is_a_miss_but_kept(cache: safecache.Cache) -> None:
     b, path, raw = stored(cache)
-    head = bytearray(raw[:44])
-    head[4:6] = (2).to_bytes(2, "little")
-    import zlib
-
-    path.write_bytes(bytes(head) + zlib.crc32(bytes(head)).to_bytes(4, "little") + raw[48:])
+    head = bytearray(raw[:64])
+    head[4:6] = (3).to_bytes(2, "little")
+    path.write_bytes(_resealed(bytes(head), raw[64:]))
     assert b.get("k") is None
     assert path.exists()  # a newer safecache sharing the root still uses it
 
@@ -79,11 +102,9 @@ def test_entry_from_a_newer_format_is_a_miss_but_kept(cache: safecache.Cache) ->
 def test_ruff_8147_huge_length_field_is_a_miss_not_an_allocation(cache: safecache.Cache) -> None:
     """ruff #8147: a corrupt length (7453010365139656813) aborted the process."""
     b, path, raw = stored(cache, b"x" * 100_000)
-    head = bytearray(raw[:44])
+    head = bytearray(raw[:64])
     head[8:16] = (7453010365139656813).to_bytes(8, "little")
-    import zlib
-
-    path.write_bytes(bytes(head) + zlib.crc32(bytes(head)).to_bytes(4, "little") + raw[48:])
+    path.write_bytes(_resealed(bytes(head), raw[64:]))
     assert b.get("k") is None
     assert b.open("k") is None
     assert not path.exists()

@@ -19,6 +19,7 @@ _TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (millise
 from . import _bucket, _cache
 from ._bucket import Bucket
 from ._cache import Cache
+from ._format import MAX_META
 from ._errors import (
     CacheBusyError,
     CacheError,
@@ -34,13 +35,14 @@ from ._errors import (
 if _TYPE_CHECKING:
     from ._place import PlaceReport
     from ._tree import Tree
+    from ._listing import EntryInfo
     from ._trees import Trees
 
     __version__: str
 
 # Names resolved on first use, so that ``import safecache`` does not pay for
 # trees (most tools never use them) or for reading package metadata.
-_LAZY = {"PlaceReport": "_place", "Tree": "_tree", "Trees": "_trees"}
+_LAZY = {"EntryInfo": "_listing", "PlaceReport": "_place", "Tree": "_tree", "Trees": "_trees"}
 
 
 def __getattr__(name: str) -> object:
@@ -88,8 +90,10 @@ __all__ = [
     "CacheReadOnlyError",
     "CacheUnavailableError",
     "CacheWarning",
+    "EntryInfo",
     "LockTimeoutError",
     "LockUnsupportedError",
+    "MAX_META",
     "PlaceReport",
     "Tree",
     "Trees",

@@ -7,38 +7,36 @@ import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _format, _fs, _keys, _layout, _locks, _osops, _policy, _stats, _trust
+from . import _format, _fs, _keys, _layout, _listing, _locks, _osops, _policy, _read, _stats, _trust, _write
 from ._errors import CachePermissionError, CacheReadOnlyError, LockTimeoutError
 from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
 
 if TYPE_CHECKING:
-    from typing import IO, Callable, Iterable, Union
+    from typing import IO, Callable, Iterable, Iterator, Union
 
+    from ._aio import AsyncBucket
     from ._cache import Cache
+    from ._listing import EntryInfo
     from ._trees import Trees
+    from ._write import EntryWriter
 
     Key = object  # str, bytes, or a structured key: see docs/keys.md
     Source = Union[bytes, bytearray, memoryview, IO[bytes], Iterable[bytes]]
 
-_os_open, _os_read, _os_close, _os_access = os.open, os.read, os.close, os.access
+_os_open, _os_read, _os_close = os.open, os.read, os.close
 _unpack_header = _format._FULL.unpack_from
 _crc32 = _format.crc32
 _MAGIC, _VERSION, _KINDS = _format.MAGIC, _format.VERSION, _format.KIND_NAMES
-#: Values up to this size are written with one system call on the fast path.
-_SMALL_PUT = 1 << 20
 _READ_FLAGS = _osops.READ_FLAGS
-_time_ns = time.time_ns
 _entry_path = _layout.entry_path
 
 #: Use is recorded by refreshing an entry's mtime at most this often (Go).
-MTIME_INTERVAL_NS = 3600 * 10**9
+MTIME_INTERVAL_NS = _read.MTIME_INTERVAL_NS
 #: Entries up to this size are read in one system call.
 _BLOCK = _format.BLOCK
 #: Streaming chunk size.
 _CHUNK = _format.CHUNK
-#: Corrupt entries are removed best-effort: do not spend the retry budget.
-_CLEANUP_BUDGET = 0.05
 
 
 def _no_trees(bucket: Bucket) -> Trees:
@@ -69,33 +67,24 @@ class Bucket:
         if cache.path is not None:
             self.directory: str | None = _layout.bucket_dir(cache.path, name, version)
             self._locks_dir: str | None = _layout.bucket_locks_dir(cache.path, name, version)
-            if cache.state is not DISABLED and not self._trusted(cache.path):
-                self.directory = self._locks_dir = None
+            if cache.state is not DISABLED:
+                reason = _trust.check_dirs(
+                    (os.path.dirname(self.directory), self.directory, os.path.dirname(self._locks_dir), self._locks_dir),
+                    shared=cache.shared,
+                )
+                if reason:
+                    # docs/security.md: a bucket whose directories are not
+                    # trusted is not used: a miss or a no-op for every call.
+                    message = f"bucket {self._label} is not used: {reason}; remove that directory, or set the cache elsewhere"
+                    if cache.strict:
+                        raise CachePermissionError(message, filename=cache.path, operation="open", cause="owner")
+                    cache._announce("owner", message)
+                    self.directory = self._locks_dir = None
         else:
             self.directory = self._locks_dir = None
 
     def __repr__(self) -> str:
         return f"<Bucket {self._label} of {self.cache!r}>"
-
-    def _trusted(self, root: str) -> bool:
-        """Check the directories this bucket uses (docs/security.md): each
-        must be a real directory this user owns (any owner in shared mode).
-        Otherwise the bucket is not used: a miss or a no-op for every call,
-        with one warning; strict mode raises ``CachePermissionError``."""
-        shared = self.cache.shared
-        for directory in (
-            _layout.bucket_dir(root, self.name, self.version),
-            _layout.bucket_locks_dir(root, self.name, self.version),
-        ):
-            for path in (os.path.dirname(directory), directory):  # NAME, then NAME/vN
-                reason = _trust.check_dir(path, shared=shared)
-                if reason:
-                    message = f"bucket {self._label} is not used: {reason}; remove that directory, or set the cache elsewhere"
-                    if self.cache.strict:
-                        raise CachePermissionError(message, filename=path, operation="open", cause="owner")
-                    self.cache._announce("owner", message)
-                    return False
-        return True
 
     @property
     def trees(self) -> Trees:
@@ -170,26 +159,37 @@ class Bucket:
                 # every hit's cost.  test_format proves the two agree on every
                 # input (Hypothesis).
                 if size >= HEADER_SIZE:
-                    magic, version, kind, _flags, length, written_ns, got, payload_crc, head_crc = _unpack_header(block)
+                    (magic, version, kind, _flags, length, written_ns, got, expires_ns, klen, mlen,
+                     payload_crc, head_crc) = _unpack_header(block)
+                    offset = HEADER_SIZE + klen + mlen
                     if (
                         magic == _MAGIC
                         and version == _VERSION
                         and got == raw
-                        and size == HEADER_SIZE + length
+                        and size == offset + length
                         and kind in _KINDS
-                        and _crc32(block[:44]) == head_crc
+                        and _crc32(block[HEADER_SIZE:offset], _crc32(block[:60])) == head_crc
                     ):
-                        payload = block[HEADER_SIZE:]
+                        payload = block[offset:]
                         if _crc32(payload) != payload_crc:
                             raise Invalid("bad-checksum")
                     else:
-                        payload, written_ns = _format.decode_fast(block, raw)
+                        header, payload = _format.decode_small(block, raw)
+                        written_ns, expires_ns = header.written_ns, header.expires_ns
                 else:
-                    payload, written_ns = _format.decode_fast(block, raw)
+                    header, payload = _format.decode_small(block, raw)
+                    written_ns, expires_ns = header.written_ns, header.expires_ns
             else:
                 header, large = _format.read_entry(fd, block, raw)
-                payload, written_ns = large or b"", header.written_ns
-            if _time_ns() - written_ns > MTIME_INTERVAL_NS:
+                payload, written_ns, expires_ns = large or b"", header.written_ns, header.expires_ns
+            if expires_ns:
+                now = time.time_ns()
+                if expires_ns <= now:
+                    counters.misses += 1
+                    if cache.debug_keys:
+                        self._debug("get", key, digest, "miss (expired)")
+                    return None
+            if time.time_ns() - written_ns > MTIME_INTERVAL_NS:
                 self._mark_used(fd, path)
         except Invalid as invalid:
             self._corrupt(path, fd, invalid)
@@ -210,36 +210,10 @@ class Bucket:
         return payload
 
     def _mark_used(self, fd: int, path: str) -> None:
-        """Refresh the mtime (the LRU clock) if it is over an hour old."""
-        try:
-            if time.time() - _osops.current.fstat(fd).st_mtime > MTIME_INTERVAL_NS / 1e9:
-                _fs.touch(path)
-        except OSError:
-            pass  # recording use is best effort: a read-only cache cannot
+        _read.mark_used(fd, path)
 
     def _corrupt(self, path: str, fd: int, invalid: Invalid) -> None:
-        """Count a bad entry as a miss and remove it (unless it is merely from
-        a newer safecache), taking care not to remove a good entry that
-        another process put there since we opened the bad one."""
-        self.counters.misses += 1
-        _policy.logger().info("safecache: %s: invalid entry %s (%s)", self._label, path, invalid)
-        if invalid.reason == "unsupported-version":
-            return
-        self.counters.corrupt_removed += 1
-        if self.cache.state is not READY:
-            return
-        try:
-            size = _stats.entry_size(path)
-            removed = (
-                _fs.remove_if_same(path, _osops.current.fstat(fd), budget=_CLEANUP_BUDGET)
-                if fd >= 0
-                else _fs.remove(path, budget=_CLEANUP_BUDGET)
-            )
-            if removed:
-                self.counters.size -= size
-                self.counters.entries -= 1
-        except OSError:
-            pass
+        _read.corrupt(self, path, fd, invalid)
 
     def __contains__(self, key: Key) -> bool:
         """True if an entry for ``key`` is present with a valid header and length.
@@ -259,7 +233,7 @@ class Bucket:
             fd, block = opened
             try:
                 header = _format.parse_header(block, bytes.fromhex(digest))
-                return ops.fstat(fd).st_size == HEADER_SIZE + header.length
+                return ops.fstat(fd).st_size == header.offset + header.length and not header.expired(time.time_ns())
             finally:
                 ops.close(fd)
         except Invalid:
@@ -276,42 +250,36 @@ class Bucket:
         bytes that fail their checksum.  Close it (or use ``with``) promptly:
         on Windows an open reader makes writers of the same key wait.
         """
-        cache = self.cache
-        if self.directory is None or cache.state is DISABLED:
+        opened = self._open_entry(key, "open")
+        return None if opened is None else opened[0]
+
+    def open_with_meta(self, key: Key) -> tuple[IO[bytes], bytes] | None:
+        """Like :meth:`open`, with the entry's metadata: ``(stream, meta)``
+        of one and the same put, or None.  Since 0.2."""
+        opened = self._open_entry(key, "open", meta=True)
+        return None if opened is None else (opened[0], opened[1])
+
+    def get_with_meta(self, key: Key) -> tuple[bytes, bytes] | None:
+        """``(value, meta)`` of one and the same put, or None.  ``meta`` is
+        ``b""`` when the entry has none.  A reader never sees metadata without
+        its value, or with another value.  Since 0.2."""
+        opened = self._open_entry(key, "get", meta=True, keep=True)
+        if opened is None:
             return None
-        digest, path = self._locate(key)
-        ops = _osops.current
-        fd = -1
-        try:
-            opened = _fs.read_file(path, budget=cache.retry_budget)
-            if opened is None:
-                self.counters.misses += 1
-                return None
-            fd, block = opened
-            small = len(block) < _BLOCK
-            header, payload = _format.read_entry(fd, block, bytes.fromhex(digest), keep=small)
-            if payload is not None:
-                self.counters.hits += 1
-                self.counters.bytes_read += len(payload)
-                return io.BytesIO(payload)
-            if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
-                self._mark_used(fd, path)
-            ops.lseek(fd, HEADER_SIZE, os.SEEK_SET)
-            stream = io.open(fd, "rb", buffering=_CHUNK, closefd=True)
-            fd = -1  # owned by the stream now
-            self.counters.hits += 1
-            self.counters.bytes_read += header.length
-            return stream
-        except Invalid as invalid:
-            self._corrupt(path, fd, invalid)
-            return None
-        except OSError as exc:
-            self.counters.misses += 1
-            self.counters.error(cache._failed("open", exc, path))
-            return None
-        finally:
-            if fd >= 0:
-                ops.close(fd)
+        stream, meta = opened
+        with stream:
+            return stream.read(), meta
+
+    def get_meta(self, key: Key) -> bytes | None:
+        """The metadata of ``key``'s entry without reading its value: None
+        when there is no (unexpired) entry, ``b""`` when it has no metadata.
+        Since 0.2."""
+        return _read.get_meta(self, key)
+
+    def _open_entry(
+        self, key: Key, operation: str, *, meta: bool = False, keep: bool = False
+    ) -> tuple[IO[bytes], bytes] | None:
+        return _read.open_entry(self, key, operation, meta=meta, keep=keep)
 
     # -- writing -----------------------------------------------------------------
     def _writable(self, operation: str) -> bool:
@@ -324,7 +292,15 @@ class Bucket:
             )
         return False
 
-    def put(self, key: Key, data: bytes | bytearray | memoryview, *, kind: str = "built") -> bool:
+    def put(
+        self,
+        key: Key,
+        data: bytes | bytearray | memoryview,
+        *,
+        kind: str = "built",
+        meta: bytes | None = None,
+        ttl: float | None = None,
+    ) -> bool:
         """Store ``data`` under ``key``.
 
         Returns True when the entry is stored or an identical entry was
@@ -333,135 +309,64 @@ class Bucket:
         cache is disabled or read-only, or the write failed: see the warning).
         ``kind`` is ``"built"`` (expensive to make: computed here) or
         ``"fetched"`` (cheap to get again: downloaded); pruning for CI keeps
-        the first and drops the second.
+        the first and drops the second.  ``meta``: a small bytes blob (at most
+        ``safecache.MAX_META`` bytes) stored atomically with the value (since
+        0.2).  ``ttl``: seconds until the entry expires and reads as a miss
+        (since 0.2; None: never).
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}; use put_stream() for files")
-        kind_code = _format.kind_code(kind)
-        if self.directory is None or not self._writable("put"):
-            return False
-        cache = self.cache
-        digest = _keys.key_digest(key)
-        raw = bytes.fromhex(digest)
-        path = _entry_path(self.directory, digest)
-        length = len(data) if not isinstance(data, memoryview) else data.nbytes
-        crc = _format.crc32(data)
-        try:
-            old_size = self._identical(path, raw, data, crc, kind_code)
-            if old_size < 0:
-                if cache.debug_keys:
-                    self._debug("put", key, digest, "identical entry already there")
-                return True
-            header = _format.pack_header(length, time.time_ns(), raw, crc, kind_code)
-            if not (
-                length <= _SMALL_PUT
-                and not cache.durable
-                and _osops.current is _osops.fast_path
-                and _fs.write_small_fast(path, header + data, cache.file_mode)
-            ):
-                _fs.write_file(
-                    path, (header, memoryview(data)), durable=cache.durable, budget=cache.retry_budget, mode=cache.file_mode
-                )
-        except OSError as exc:
-            self.counters.error(cache._failed("put", exc, path))
-            return False
-        counters = self.counters
-        counters.writes += 1
-        counters.bytes_written += length
-        counters.size += HEADER_SIZE + length - old_size
-        if not old_size:
-            counters.entries += 1
-        if cache.debug_keys:
-            self._debug("put", key, digest, "stored")
-        return True
+        return _write.put(self, key, data, kind=kind, meta=meta, ttl=ttl)
 
-    def put_stream(self, key: Key, source: Source, *, kind: str = "built") -> bool:
+    def put_stream(
+        self, key: Key, source: Source, *, kind: str = "built", meta: bytes | None = None, ttl: float | None = None
+    ) -> bool:
         """Store a value read from ``source`` without holding it in memory.
 
         ``source`` is a binary file object (read in 1 MiB chunks) or an
-        iterable of bytes.  Returns as :meth:`put`.  An exception raised by
-        ``source`` itself propagates (it is the caller's, not the cache's),
-        and nothing is stored.
+        iterable of bytes-like chunks.  Returns as :meth:`put`.  An exception
+        raised by ``source`` itself propagates (it is the caller's, not the
+        cache's), and nothing is stored; so does a TypeError for a chunk that
+        is not bytes-like, and a BlockingIOError for a non-blocking stream
+        with no data ready (a prefix is never stored as the value).
         """
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return self.put(key, source, kind=kind)
-        kind_code = _format.kind_code(kind)
-        if self.directory is None or not self._writable("put"):
+        return _write.put_stream(self, key, source, kind=kind, meta=meta, ttl=ttl)
+
+    def writer(self, key: Key, *, kind: str = "built", meta: bytes | None = None, ttl: float | None = None) -> EntryWriter:
+        """A binary file object to write ``key``'s value into, for use in a
+        ``with`` block (``pickle.dump(obj, f)`` works)::
+
+            with bucket.writer(key) as f:
+                f.write(b"...")
+
+        The entry is committed when the block exits normally, discarded if it
+        raises, and never visible half-written; memory stays bounded whatever
+        the size.  After the block, ``f.stored`` says whether it was stored
+        (False when the cache cannot store: writes then go nowhere, and
+        nothing raises in lenient mode).  Since 0.2.
+        """
+        return _write.EntryWriter(self, key, kind=kind, meta=meta, ttl=ttl)
+
+    def set_meta(self, key: Key, meta: bytes) -> bool:
+        """Replace the metadata of ``key``'s entry without rewriting or copying
+        its value (an HTTP 304 revalidation updates the headers of a 50 MB
+        body).  Atomic with respect to readers and to a concurrent ``put``
+        (a put that lands later wins).  False when there is no entry.  Since 0.2."""
+        return _write.set_meta(self, key, meta)
+
+    def touch(self, key: Key) -> bool:
+        """Record a use of ``key``'s entry now (trimming is least recently used
+        first; reads record use at most once an hour).  False if there is no
+        entry.  Since 0.2."""
+        if self.directory is None or self.cache.state is not READY:
             return False
-        cache = self.cache
-        digest, path = self._locate(key)
-        raw = bytes.fromhex(digest)
-        state = {"crc": 0, "length": 0}
-
-        def chunks() -> Iterable[bytes | bytearray | memoryview]:
-            yield bytes(HEADER_SIZE)  # room for the header, written last
-            for chunk in _iter_source(source):
-                state["crc"] = _format.crc32(chunk, state["crc"])
-                state["length"] += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-                yield chunk
-
-        def header() -> bytes:
-            return _format.pack_header(state["length"], time.time_ns(), raw, state["crc"], kind_code)
-
+        _digest, path = self._locate(key)
         try:
-            old_size = _stats.entry_size(path)
-            _fs.write_file(
-                path, chunks(), header=header, durable=cache.durable, budget=cache.retry_budget, mode=cache.file_mode
-            )
-        except _SourceError as err:
-            raise err.original from None
+            _fs.touch(path)
+            return True
+        except FileNotFoundError:
+            return False
         except OSError as exc:
-            self.counters.error(cache._failed("put", exc, path))
+            self.counters.error(self.cache._failed("touch", exc, path))
             return False
-        counters = self.counters
-        counters.writes += 1
-        counters.bytes_written += state["length"]
-        counters.size += HEADER_SIZE + state["length"] - old_size
-        if not old_size:
-            counters.entries += 1
-        return True
-
-    def _identical(self, path: str, digest: bytes, data: bytes | bytearray | memoryview, crc: int, kind: int) -> int:
-        """-1 if ``path`` already holds exactly ``data`` (same kind, same
-        bytes: compared byte for byte, never by checksum alone, since a
-        CRC-32 collision is trivial to craft); otherwise the size of the file
-        there (0 if none), which the write will replace."""
-        ops = _osops.current
-        if ops is _osops.fast_path and not _os_access(path, os.F_OK):
-            return 0  # the common case for a new key, without an exception
-        try:
-            fd = ops.open(path, _osops.READ_FLAGS)
-        except OSError:
-            return 0
-        view = memoryview(data).cast("B")
-        length = view.nbytes
-        size = 0
-        try:
-            size = ops.fstat(fd).st_size
-            if size != HEADER_SIZE + length:
-                return size
-            # One read for a small entry: its header, then its bytes.
-            first = ops.read(fd, HEADER_SIZE + min(length, _CHUNK))
-            header = _format.parse_header(first, digest)
-            if header.length != length or header.payload_crc != crc or header.kind != kind:
-                return size
-            # The checksums agree: now the bytes themselves (the skip is only
-            # taken when it is right; reading costs less than rewriting).
-            # bytes.startswith compares buffers with memcmp; a memoryview
-            # comparison goes element by element (100 times slower).
-            offset = len(first) - HEADER_SIZE
-            if not first.startswith(view[:offset], HEADER_SIZE):
-                return size
-            while offset < length:
-                chunk = ops.read(fd, min(_CHUNK, length - offset))
-                if not chunk or not chunk.startswith(view[offset : offset + len(chunk)]):
-                    return size
-                offset += len(chunk)
-            return -1
-        except (Invalid, OSError):
-            return size
-        finally:
-            ops.close(fd)
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``'s entry.  True if one was removed; False if there was
@@ -481,6 +386,7 @@ class Bucket:
             if removed:
                 self.counters.size -= size
                 self.counters.entries -= 1
+                _fs.discard(_layout.meta_path(path))
             return removed
         except OSError as exc:
             self.counters.error(cache._failed("delete", exc, path))
@@ -494,6 +400,8 @@ class Bucket:
         *,
         kind: str = "built",
         timeout: float | None = None,
+        meta: bytes | None = None,
+        ttl: float | None = None,
     ) -> bytes:
         """Return ``key``'s value, calling ``factory()`` to make it if missing.
 
@@ -533,7 +441,7 @@ class Bucket:
 
         def create() -> bytes:
             made = _checked(factory())
-            self.put(key, made, kind=kind)
+            self.put(key, made, kind=kind, meta=meta, ttl=ttl)
             return made
 
         def lock_failed(exc: OSError, path: str) -> None:
@@ -549,45 +457,120 @@ class Bucket:
         )
 
 
+    # -- locks and read-modify-write ---------------------------------------------------
+    def lock(self, key: Key, *, timeout: float | None = None) -> _locks.MaybeLock:
+        """The cross-process lock ``get_or_create`` uses for ``key``, for
+        check-compute-store flows that cannot hand safecache a factory::
+
+            with bucket.lock(key) as held:
+                if key not in bucket:
+                    bucket.put(key, compute())
+
+        Waits at most ``timeout`` seconds (default: the cache's
+        ``lock_timeout``).  ``held`` is False when the lock could not be taken
+        (a timeout, a file system without locks, a cache that cannot store):
+        the block then runs without it, with one warning; strict mode raises
+        ``LockTimeoutError``/``LockUnsupportedError`` instead.  The OS
+        releases the lock if the process dies.  Not re-entrant.  Since 0.2.
+        """
+        if timeout is not None:
+            _locks.check_timeout(timeout)
+        cache = self.cache
+        path = None
+        if self._locks_dir is not None and cache.state is READY and cache._ensure_root():
+            path = _layout.entry_lock(self._locks_dir, _keys.key_digest(key))
+
+        def failed(exc: OSError, lock_path: str) -> None:
+            self.counters.error(cache._failed("lock", exc, lock_path, lock=True))
+
+        return _locks.MaybeLock(path, timeout=cache.lock_timeout if timeout is None else timeout, failed=failed)
+
+    def update(
+        self,
+        key: Key,
+        fn: Callable[[bytes | None], bytes | None],
+        *,
+        kind: str = "built",
+        meta: bytes | None = None,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        """Apply ``fn(old_value_or_None) -> new_value_or_None`` to ``key``'s
+        entry under :meth:`lock`, so concurrent updates of one aggregate entry
+        (ruff's one entry per package) are not lost.  None from ``fn`` deletes
+        the entry.  Returns the new value.  Exceptions from ``fn`` propagate
+        and change nothing.  Since 0.2."""
+        _format.kind_code(kind)
+        with self.lock(key, timeout=timeout):
+            new = fn(self.get(key))
+            if new is None:
+                self.delete(key)
+                return None
+            value = _checked(new)
+            self.put(key, value, kind=kind, meta=meta, ttl=ttl)
+            return value
+
+    # -- listing -------------------------------------------------------------------------
+    def items(self) -> Iterator[EntryInfo]:
+        """Every (unexpired, valid) entry: an :class:`safecache.EntryInfo` with
+        its key, size, kind, written and expiry times and metadata length.
+
+        A walk of the bucket's directory that reads each entry's header (not
+        its value): its cost grows with the number of entries.  It tolerates
+        concurrent writers and removals (an entry is listed old or new, or not
+        at all if removed meanwhile).  Entries whose key was not stored (over
+        16 KiB encoded, or written by safecache 0.1) have ``key`` None.
+        Since 0.2."""
+        return _listing.items(self)
+
+    def keys(self) -> Iterator[object]:
+        """The keys of :meth:`items` (those that were stored), as given to
+        ``put`` and normalised as docs/keys.md says.  A walk.  Since 0.2."""
+        return (info.key for info in _listing.items(self) if info.key is not None)
+
+    def __len__(self) -> int:
+        """The number of entries :meth:`items` lists (a walk).  Since 0.2."""
+        return sum(1 for _ in _listing.items(self))
+
+    def __iter__(self) -> Iterator[object]:
+        return self.keys()
+
+    def clear(self) -> int:
+        """Remove every entry of this bucket version; return how many were
+        removed.  Entries written meanwhile may survive.  Since 0.2."""
+        return _listing.clear(self)
+
+    # -- pickling, memoize, async ---------------------------------------------------------
+    def __reduce__(self) -> tuple[object, ...]:
+        """A bucket pickles as its cache (by location and settings) plus its
+        name and version, and reopens in the receiving process (joblib ships
+        its store to worker processes).  Since 0.2."""
+        return (_reopen_bucket, (self.cache, self.name, self.version))
+
+    def memoize(self, codec: object = "json", **options: object) -> Callable[[Callable[..., object]], Callable[..., object]]:
+        """Decorate a function or method so its results are cached in this
+        bucket (see docs/memoize.md).  Since 0.2."""
+        from ._memoize import memoize
+
+        return memoize(self, codec, **options)  # type: ignore[no-any-return]
+
+    @property
+    def aio(self) -> AsyncBucket:
+        """An async facade of this bucket (``await bucket.aio.get(key)``): every
+        call runs its file-system work off the event loop.  Since 0.2."""
+        facade = self.__dict__.get("_aio")
+        if facade is None:
+            from ._aio import AsyncBucket
+
+            facade = self.__dict__["_aio"] = AsyncBucket(self)
+        return facade
+
+
+def _reopen_bucket(cache: Cache, name: str, version: int) -> Bucket:
+    return cache.bucket(name, version)
+
+
 def _checked(value: object) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"factory must return bytes, not {type(value).__name__}")
-
-
-class _SourceError(Exception):
-    """Wraps an exception raised by the caller's source so it is not mistaken
-    for a cache failure."""
-
-    def __init__(self, original: BaseException) -> None:
-        self.original = original
-
-
-def _iter_source(source: Source) -> Iterable[bytes | bytearray | memoryview]:
-    """The chunks of a file object or an iterable, checked: anything but a
-    bytes-like chunk is the caller's TypeError (``bytes(5)`` would store five
-    zero bytes), and a non-blocking file whose ``read()`` returns None (no
-    data yet) is refused rather than taken as the end: storing a prefix as
-    the value would serve wrong bytes."""
-    read = getattr(source, "read", None)
-    try:
-        if read is not None:
-            while True:
-                chunk = read(_CHUNK)
-                if chunk is None:
-                    raise BlockingIOError(
-                        "put_stream(): source.read() returned None (a non-blocking stream with no data "
-                        "ready); pass a blocking stream"
-                    )
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"put_stream(): source.read() returned {type(chunk).__name__}, not bytes")
-                if not chunk:
-                    return
-                yield chunk
-        else:
-            for chunk in source:
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"put_stream(): the source yielded {type(chunk).__name__}, not bytes-like chunks")
-                yield chunk
-    except Exception as exc:  # noqa: BLE001
-        raise _SourceError(exc) from exc

@@ -116,6 +116,11 @@ class Cache:
         auto_trim: bool = True,
         shared: bool | None = None,
     ) -> None:
+        self._settings: dict[str, object] = {
+            "app_name": app_name, "env_var": env_var, "disable_env": disable_env, "strict": strict,
+            "durable": durable, "retry_budget": retry_budget, "lock_timeout": lock_timeout, "max_size": max_size,
+            "max_age": max_age, "trim_interval": trim_interval, "auto_trim": auto_trim, "shared": shared,
+        }
         if path is not None and not os.fspath(path):
             # An unset shell variable ("--cache-dir $UNSET") must not mean the
             # current directory: markers would land in the user's project.
@@ -261,6 +266,17 @@ class Cache:
                 except OSError as exc:  # nobody asked for this trim: never raise from close()
                     _policy.logger().info("safecache: automatic trim of %s failed: %s", self.path, exc)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """A cache pickles by location and settings and reopens in the
+        receiving process: the resolved root (or disabled), not the
+        environment of the receiver.  Counters stay with their process.
+        Since 0.2."""
+        settings = dict(self._settings)
+        settings["shared"] = self.shared
+        if self.path is None:
+            settings["enabled"] = False
+        return (_reopen, (self.path, settings))
+
     def __enter__(self) -> "Cache":
         return self
 
@@ -363,6 +379,10 @@ def _flush_all() -> None:
             cache.close()
         except Exception:  # noqa: BLE001 - at exit, a cache must never break the caller
             pass
+
+
+def _reopen(path: str | None, settings: dict[str, object]) -> Cache:
+    return Cache(path, **settings)  # type: ignore[arg-type]
 
 
 def _number(name: str, value: object, *, size: bool = False, duration: bool = False) -> float:

@@ -1,23 +1,33 @@
-"""The on-disk entry format (version 1).  docs/format.md is its specification.
+"""The on-disk entry format (version 2; version 1 is still read).  docs/format.md is its specification.
 
-An entry file is a 48-byte header followed by the payload::
+An entry file is a 64-byte header, the encoded key, the metadata, then the
+payload::
 
     offset size  field
     0      4     magic  b"\\x89SCE"
-    4      2     format version (1), little-endian
+    4      2     format version (2), little-endian
     6      1     kind: 1 = built, 2 = fetched
-    7      1     flags (0; readers ignore unknown bits)
+    7      1     flags (bit 0: the encoded key is stored; readers ignore unknown bits)
     8      8     payload length in bytes
     16     8     written at, nanoseconds since the Unix epoch
     24     16    key digest (BLAKE2b-128 of the canonical key encoding)
-    40     4     CRC-32 of the payload
-    44     4     CRC-32 of bytes 0-43 (the header itself)
+    40     8     expires at, nanoseconds since the Unix epoch (0: never)
+    48     4     length of the stored key encoding (0 when not stored)
+    52     4     length of the metadata
+    56     4     CRC-32 of the payload
+    60     4     CRC-32 of bytes 0-59, the key and the metadata
+    64     ...   the key encoding, the metadata, the payload
 
 All integers are little-endian.  A file is valid only if its size is exactly
-48 + length, both CRCs match and the key digest is the one asked for; anything
-else is a miss.  The length field is never trusted to size an allocation
-(ruff #8147 aborted on a 7-exabyte length): it is checked against the size
-actually read.
+64 + key + metadata + payload lengths, both CRCs match and the key digest is
+the one asked for; anything else is a miss.  The lengths are never trusted to
+size an allocation (ruff #8147 aborted on a 7-exabyte length): they are
+checked against the size actually read.  Key and metadata are bounded
+(:data:`MAX_KEY`, :data:`MAX_META`) so that the whole header region is
+always within the first :data:`BLOCK` a reader reads.
+
+Version 1 (48-byte header: the fields above up to the digest, then the
+payload CRC and the header CRC; no expiry, key or metadata) is still read.
 """
 
 from __future__ import annotations
@@ -28,19 +38,28 @@ import zlib
 from . import _osops
 
 MAGIC = b"\x89SCE"
-VERSION = 1
-HEADER_SIZE = 48
+VERSION = 2
+V1 = 1
+HEADER_SIZE = 64
+V1_HEADER_SIZE = 48
 #: Readers read this much first: an entry shorter than this is whole in one read.
 BLOCK = 1 << 16
 #: Larger entries are checked (and streamed) in chunks of this size.
 CHUNK = 1 << 20
+#: Metadata is small: HTTP headers, a content type, a few fields (bytes).
+MAX_META = 32 * 1024
+#: Keys whose encoding is longer are not stored (listing cannot return them).
+MAX_KEY = 16 * 1024
+FLAG_KEY_STORED = 1
 KIND_BUILT = 1
 KIND_FETCHED = 2
 KINDS = {"built": KIND_BUILT, "fetched": KIND_FETCHED}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
-_HEAD = struct.Struct("<4sHBBQQ16sI")  # bytes 0-43
-_FULL = struct.Struct("<4sHBBQQ16sII")  # bytes 0-47
+_V1_HEAD = struct.Struct("<4sHBBQQ16sI")  # bytes 0-43
+_V1_FULL = struct.Struct("<4sHBBQQ16sII")  # bytes 0-47
+_HEAD = struct.Struct("<4sHBBQQ16sQIII")  # bytes 0-59
+_FULL = struct.Struct("<4sHBBQQ16sQIIII")  # bytes 0-63
 crc32 = zlib.crc32
 
 
@@ -54,80 +73,129 @@ class Invalid(Exception):
         self.reason = reason
 
 
-def pack_header(length: int, written_ns: int, digest: bytes, payload_crc: int, kind: int) -> bytes:
-    head = _HEAD.pack(MAGIC, VERSION, kind, 0, length, written_ns, digest, payload_crc)
-    return head + (crc32(head) & 0xFFFFFFFF).to_bytes(4, "little")
+def pack_header(
+    length: int,
+    written_ns: int,
+    digest: bytes,
+    payload_crc: int,
+    kind: int,
+    *,
+    key: bytes = b"",
+    meta: bytes = b"",
+    expires_ns: int = 0,
+) -> bytes:
+    """The bytes that precede the payload: the header, the key encoding
+    (dropped when longer than :data:`MAX_KEY`), the metadata.  Raises
+    ValueError for metadata over :data:`MAX_META`."""
+    if len(meta) > MAX_META:
+        raise ValueError(f"metadata is limited to {MAX_META} bytes, not {len(meta)}")
+    if len(key) > MAX_KEY:
+        key = b""
+    flags = FLAG_KEY_STORED if key else 0
+    head = _HEAD.pack(MAGIC, VERSION, kind, flags, length, written_ns, digest, expires_ns, len(key), len(meta), payload_crc)
+    check = crc32(meta, crc32(key, crc32(head))) & 0xFFFFFFFF
+    return head + check.to_bytes(4, "little") + key + meta
 
 
 class Header:
-    __slots__ = ("kind", "flags", "length", "written_ns", "digest", "payload_crc")
+    """A validated header.  ``offset`` is where the payload starts."""
 
-    def __init__(self, kind: int, flags: int, length: int, written_ns: int, digest: bytes, payload_crc: int) -> None:
+    __slots__ = ("kind", "flags", "length", "written_ns", "digest", "payload_crc", "expires_ns", "key", "meta", "offset", "version")
+
+    def __init__(
+        self,
+        kind: int,
+        flags: int,
+        length: int,
+        written_ns: int,
+        digest: bytes,
+        payload_crc: int,
+        expires_ns: int = 0,
+        key: bytes = b"",
+        meta: bytes = b"",
+        offset: int = V1_HEADER_SIZE,
+        version: int = V1,
+    ) -> None:
         self.kind = kind
         self.flags = flags
         self.length = length
         self.written_ns = written_ns
         self.digest = digest
         self.payload_crc = payload_crc
+        self.expires_ns = expires_ns
+        self.key = key
+        self.meta = meta
+        self.offset = offset
+        self.version = version
 
     @property
     def kind_name(self) -> str:
         return KIND_NAMES.get(self.kind, "unknown")
 
+    def expired(self, now_ns: int) -> bool:
+        return 0 < self.expires_ns <= now_ns
+
 
 def parse_header(block: bytes | memoryview, digest: bytes | None) -> Header:
-    """Validate and decode the header at the start of ``block``.
+    """Validate and decode the header region (header, key, metadata) at the
+    start of ``block``, a version 2 or version 1 entry.
 
     ``digest`` is the key digest the caller expects (None to accept any).
     Raises :class:`Invalid`.
     """
-    if len(block) < HEADER_SIZE:
+    if len(block) < V1_HEADER_SIZE:
         raise Invalid("empty" if not block else "truncated", f"{len(block)} bytes")
-    magic, version, kind, flags, length, written_ns, got_digest, payload_crc, head_crc = _FULL.unpack_from(block)
+    magic, version = block[:4], int.from_bytes(block[4:6], "little")
     if magic != MAGIC:
         raise Invalid("bad-magic")
+    if version == V1:
+        return _parse_v1(block, digest)
     if version != VERSION:
         raise Invalid("unsupported-version", str(version))
+    if len(block) < HEADER_SIZE:
+        raise Invalid("truncated", f"{len(block)} bytes")
+    _m, _v, kind, flags, length, written_ns, got, expires_ns, klen, mlen, payload_crc, head_crc = _FULL.unpack_from(block)
+    offset = HEADER_SIZE + klen + mlen
+    if klen > MAX_KEY or mlen > MAX_META:
+        raise Invalid("bad-header", "key or metadata length out of range")
+    if len(block) < offset:
+        raise Invalid("truncated", f"{len(block)} bytes of a {offset}-byte header")
+    if crc32(block[HEADER_SIZE:offset], crc32(block[:60])) & 0xFFFFFFFF != head_crc:
+        raise Invalid("bad-header", "header checksum mismatch")
+    if kind not in KIND_NAMES:
+        raise Invalid("bad-header", f"kind {kind}")
+    if digest is not None and got != digest:
+        raise Invalid("wrong-key")
+    key = bytes(block[HEADER_SIZE : HEADER_SIZE + klen])
+    meta = bytes(block[HEADER_SIZE + klen : offset])
+    return Header(kind, flags, length, written_ns, got, payload_crc, expires_ns, key, meta, offset, VERSION)
+
+
+def _parse_v1(block: bytes | memoryview, digest: bytes | None) -> Header:
+    _m, _v, kind, flags, length, written_ns, got, payload_crc, head_crc = _V1_FULL.unpack_from(block)
     if crc32(block[:44]) != head_crc:
         raise Invalid("bad-header", "header checksum mismatch")
     if kind not in KIND_NAMES:
         raise Invalid("bad-header", f"kind {kind}")
-    if digest is not None and got_digest != digest:
+    if digest is not None and got != digest:
         raise Invalid("wrong-key")
-    return Header(kind, flags, length, written_ns, got_digest, payload_crc)
+    return Header(kind, flags, length, written_ns, got, payload_crc)
 
 
 def decode_fast(block: bytes, digest: bytes) -> tuple[bytes, int]:
     """Validate a whole entry held in ``block``; return ``(payload, written_ns)``.
-
-    The hot path of every hit: one unpack and two CRCs.  Anything unexpected
-    goes through :func:`decode_small`, which raises :class:`Invalid` with the
-    precise reason.
-    """
-    if len(block) >= HEADER_SIZE:
-        magic, version, kind, _flags, length, written_ns, got, payload_crc, head_crc = _FULL.unpack_from(block)
-        if (
-            magic == MAGIC
-            and version == VERSION
-            and got == digest
-            and len(block) == HEADER_SIZE + length
-            and kind in KIND_NAMES
-            and crc32(block[:44]) == head_crc
-        ):
-            payload = block[HEADER_SIZE:]
-            if crc32(payload) == payload_crc:
-                return payload, written_ns
-            raise Invalid("bad-checksum")
+    Raises :class:`Invalid` (an expired entry is not refused here: callers
+    check :meth:`Header.expired`)."""
     header, payload = decode_small(block, digest)
-    return payload, header.written_ns  # pragma: no cover - decode_small raised
+    return payload, header.written_ns
 
 
 def decode_small(block: bytes, digest: bytes | None) -> tuple[Header, bytes]:
     """Validate a whole entry held in ``block``; return its header and payload."""
     header = parse_header(block, digest)
-    if len(block) - HEADER_SIZE != header.length:
-        raise Invalid("wrong-length", f"header says {header.length}, file holds {len(block) - HEADER_SIZE}")
-    payload = block[HEADER_SIZE:]
+    if len(block) - header.offset != header.length:
+        raise Invalid("wrong-length", f"header says {header.length}, file holds {len(block) - header.offset}")
+    payload = block[header.offset :]
     if crc32(payload) != header.payload_crc:
         raise Invalid("bad-checksum")
     return header, payload
@@ -163,9 +231,9 @@ def read_entry(
     ops = _osops.current
     if size is None:
         size = ops.fstat(fd).st_size
-    if size != HEADER_SIZE + header.length:
-        raise Invalid("wrong-length", f"header says {header.length}, file holds {size - HEADER_SIZE}")
-    first = block[HEADER_SIZE:]
+    if size != header.offset + header.length:
+        raise Invalid("wrong-length", f"header says {header.length}, file holds {size - header.offset}")
+    first = block[header.offset :]
     parts = [first] if keep else []
     crc = crc32(first)
     seen = len(first)
@@ -182,3 +250,49 @@ def read_entry(
     if crc != header.payload_crc:
         raise Invalid("bad-checksum")
     return header, b"".join(parts) if keep else None
+
+
+def header_checksum_ok(block: bytes | memoryview) -> bool:
+    """Whether ``block`` starts with a header whose CRC matches, read as
+    either version: tells a damaged version field from a newer safecache's
+    entry."""
+    if len(block) >= V1_HEADER_SIZE and crc32(block[:44]) & 0xFFFFFFFF == int.from_bytes(block[44:48], "little"):
+        return True
+    if len(block) < HEADER_SIZE:
+        return False
+    klen, mlen = int.from_bytes(block[48:52], "little"), int.from_bytes(block[52:56], "little")
+    end = HEADER_SIZE + klen + mlen
+    if len(block) < end:
+        return False
+    return crc32(block[HEADER_SIZE:end], crc32(block[:60])) & 0xFFFFFFFF == int.from_bytes(block[60:64], "little")
+
+
+# -- metadata replaced after the put: a sidecar beside the entry ------------------------------
+#: ``<entry>.meta``: metadata that replaces the entry's own, valid only for
+#: the value it names (its write time and payload CRC), so a reader never
+#: pairs it with another value: a put that lands later makes it stale.
+META_MAGIC = b"\x89SCM"
+_META = struct.Struct("<4sHHQII")  # magic, version, reserved, value written_ns, value payload_crc, meta length
+_META_SIZE = _META.size + 4  # + CRC of all the rest
+
+
+def pack_meta(written_ns: int, payload_crc: int, meta: bytes) -> bytes:
+    if len(meta) > MAX_META:
+        raise ValueError(f"metadata is limited to {MAX_META} bytes, not {len(meta)}")
+    head = _META.pack(META_MAGIC, 1, 0, written_ns, payload_crc, len(meta))
+    return head + (crc32(meta, crc32(head)) & 0xFFFFFFFF).to_bytes(4, "little") + meta
+
+
+def parse_meta(block: bytes, header: Header) -> bytes | None:
+    """The metadata in a sidecar ``block`` if it is intact and belongs to the
+    value ``header`` describes; None otherwise (stale, torn, foreign)."""
+    if len(block) < _META_SIZE:
+        return None
+    magic, version, _r, written_ns, payload_crc, mlen = _META.unpack_from(block)
+    if magic != META_MAGIC or version != 1 or len(block) != _META_SIZE + mlen or mlen > MAX_META:
+        return None
+    if crc32(block[_META_SIZE:], crc32(block[: _META.size])) & 0xFFFFFFFF != int.from_bytes(block[_META.size : _META_SIZE], "little"):
+        return None
+    if (written_ns, payload_crc) != (header.written_ns, header.payload_crc):
+        return None
+    return bytes(block[_META_SIZE:])

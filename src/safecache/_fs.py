@@ -176,7 +176,7 @@ def create_temp(path: str, *, mode: int = FILE_MODE) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "could not find a free temp name", path)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     write = _osops.current.write
     view = memoryview(data)
     while view:
@@ -481,9 +481,16 @@ def rmtree(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
     Never follows symlinks (a symlink is removed, not entered), copes with
     read-only files and directories, retries "in use" errors, and treats
     entries that vanish under it (another process cleaning too) as removed.
-    Raises the first error it cannot get past.
+    Where the OS has ``dir_fd`` (POSIX) the walk is relative to directory
+    descriptors (:func:`_osops.rmtree_at`), so a directory swapped for a
+    symlink meanwhile is never entered; elsewhere each directory is checked
+    after it is listed to be the one examined.  Raises the first error it
+    cannot get past.
     """
     ops = _osops.current
+    if ops.has_dir_fd():
+        _osops.rmtree_at(path)
+        return
     try:
         st = ops.lstat(path)
     except FileNotFoundError:
@@ -500,6 +507,8 @@ def rmtree(path: str, *, budget: float = DEFAULT_RETRY_BUDGET) -> None:
         # ourselves access (we own it, or we could not delete it anyway).
         ops.chmod(path, _stat.S_IMODE(st.st_mode) | _stat.S_IRWXU)
         entries = list(ops.scandir(path))
+    if not same_file(path, st):  # swapped since its lstat: what it leads to now is not ours to empty
+        raise NotADirectoryError(errno.ENOTDIR, "replaced while being removed", path)
     for entry in entries:
         child = entry.path
         try:

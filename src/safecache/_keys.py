@@ -364,6 +364,12 @@ def encode_key(key: Any) -> bytes:
     return bytes(out)
 
 
+def digest_of_encoding(encoding: bytes) -> str:
+    """The digest of an encoding :func:`encode_key` returned (what
+    :func:`key_digest` computes, for callers that need both)."""
+    return str(_blake2b(encoding, digest_size=16).hexdigest())
+
+
 def key_digest(key: Any) -> str:
     """Return the digest of ``key``: 32 lowercase hex characters.
 

@@ -4,6 +4,7 @@ docs/format.md is its specification.  A root holds::
 
     CACHEDIR.TAG  .gitignore  README        markers (written before anything else)
     buckets/<name>/v<N>/<xx>/<digest>       entries (xx: the digest's first two hex digits)
+    buckets/<name>/v<N>/<xx>/<digest>.meta  metadata replaced after the put (set_meta)
     buckets/<name>/v<N>/trees/<xx>/<digest> tree pointers (entries whose payload is a manifest)
     buckets/<name>/v<N>/tree-objects/<id>/  committed trees (<id>: 32 random hex digits)
     buckets/<name>/v<N>/tree-objects/<id>.tmp/        a tree being built
@@ -44,6 +45,8 @@ STATS_BASELINE = "baseline"
 STATS_SHARDS = 16
 TRASH_PREFIX = ".trash-"
 LOCK_SUFFIX = ".lock"
+#: ``<entry>.meta``: metadata replaced after the put (``Bucket.set_meta``).
+META_SUFFIX = ".meta"
 STAGING_SUFFIX = TEMP_SUFFIX
 DOOMED_INFIX = ".del-"
 #: How the Windows emulator names a file deleted while open (Windows keeps
@@ -131,6 +134,16 @@ def entry_path(bucket: str, digest: str) -> str:
     """An entry's file in the bucket directory ``bucket``.  Built by string
     concatenation: it is on the path of every get."""
     return f"{bucket}{os.sep}{digest[:2]}{os.sep}{digest}"
+
+
+def meta_path(entry: str) -> str:
+    """The metadata sidecar of the entry file ``entry``."""
+    return entry + META_SUFFIX
+
+
+def is_meta(name: str) -> bool:
+    """A metadata sidecar: ``<digest>.meta``."""
+    return name.endswith(META_SUFFIX) and is_hex(name[: -len(META_SUFFIX)], 32)
 
 
 def entry_lock(locks: str, digest: str) -> str:

@@ -194,6 +194,37 @@ def check_timeout(timeout: float) -> float:
     return float(timeout)
 
 
+class MaybeLock:
+    """A lock that a cache may fail to take, for ``with`` blocks that run
+    either way: ``__enter__`` returns True when the lock at ``path`` is held,
+    False when it could not be taken (``path`` None: the cache cannot store;
+    or ``failed(exc, path)`` was told why and did not raise: lenient mode).
+    ``Bucket.lock`` is one."""
+
+    def __init__(self, path: str | None, *, timeout: float, failed: Callable[[OSError, str], object]) -> None:
+        self._path = path
+        self._timeout = check_timeout(timeout)
+        self._failed = failed
+        self._lock: FileLock | None = None
+
+    def __enter__(self) -> bool:
+        if self._path is None:
+            return False
+        lock = FileLock(self._path, timeout=self._timeout)
+        try:
+            lock.acquire()
+        except OSError as exc:
+            self._failed(exc, self._path)
+            return False
+        self._lock = lock
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+
 def compute_once(
     lock_path: str | None,
     *,

@@ -126,6 +126,15 @@ def check_dir(path: str, *, shared: bool) -> str:
     return reason
 
 
+def check_dirs(paths: tuple[str, ...], *, shared: bool) -> str:
+    """:func:`check_dir` of each path in order; the first reason, or ``""``."""
+    for path in paths:
+        reason = check_dir(path, shared=shared)
+        if reason:
+            return reason
+    return ""
+
+
 def check_ancestor(root: str, ancestor: str, *, shared: bool) -> str:
     """Whether a root that does not exist yet may be created under
     ``ancestor`` (its nearest existing ancestor).  Root running without
