@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "_write": 6,
     "_read": 6,
     "_listing": 6,
+    "_tier": 6,
     "_cache": 6,
     "_memoize": 6,
     "_aio": 6,
@@ -88,6 +89,9 @@ LAYERS: dict[str, int] = {
     "_cli_commands": 9,
     "_progress": 9,
     "cli": 9,
+    "adapters": 9,
+    "adapters.cachecontrol": 9,
+    "adapters.joblib": 9,
     # 10: the front door, which wires the layers together
     "__init__": 10,
     "__main__": 10,

@@ -136,10 +136,7 @@ class Bucket:
                     fd = _os_open(path, _READ_FLAGS)
                     block = _os_read(fd, _BLOCK)
                 except FileNotFoundError:
-                    counters.misses += 1
-                    if cache.debug_keys:
-                        self._debug("get", key, digest, "miss")
-                    return None
+                    return self._miss(key, digest, path)
                 except OSError:
                     if fd >= 0:
                         _os_close(fd)
@@ -147,10 +144,7 @@ class Bucket:
             if fd < 0:
                 opened = _fs.read_file(path, budget=cache.retry_budget)
                 if opened is None:
-                    counters.misses += 1
-                    if cache.debug_keys:
-                        self._debug("get", key, digest, "miss")
-                    return None
+                    return self._miss(key, digest, path)
                 fd, block = opened
             raw = bytes.fromhex(digest)
             size = len(block)
@@ -207,6 +201,22 @@ class Bucket:
         counters.bytes_read += len(payload)
         if cache.debug_keys:
             self._debug("get", key, digest, "hit")
+        return payload
+
+    def _miss(self, key: Key, digest: str, path: str) -> bytes | None:
+        """A local miss: the remote tier's answer, if there is one."""
+        cache = self.cache
+        tier = cache.tier
+        payload = tier.fetch(self, digest, path) if tier is not None else None
+        if payload is None:
+            self.counters.misses += 1
+            if cache.debug_keys:
+                self._debug("get", key, digest, "miss" if tier is None else "miss (local and remote)")
+            return None
+        self.counters.hits += 1
+        self.counters.bytes_read += len(payload)
+        if cache.debug_keys:
+            self._debug("get", key, digest, f"hit (remote {tier.display})")  # type: ignore[union-attr]
         return payload
 
     def _mark_used(self, fd: int, path: str) -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from ._bucket import Bucket
+    from ._tier import Tier
 
 # Kept here for callers of 0.1 that imported it from this module.
 valid_bucket_name = _layout.valid_bucket_name
@@ -115,11 +116,21 @@ class Cache:
         trim_interval: float | str = DEFAULT_TRIM_INTERVAL,
         auto_trim: bool = True,
         shared: bool | None = None,
+        remote: str | None = None,
+        remote_mode: str | None = None,
+        remote_timeout: float | None = None,
+        remote_connect_timeout: float | None = None,
+        remote_budget: float | None = None,
+        remote_max_size: int | str | None = None,
+        remote_compress: bool = False,
     ) -> None:
         self._settings: dict[str, object] = {
             "app_name": app_name, "env_var": env_var, "disable_env": disable_env, "strict": strict,
             "durable": durable, "retry_budget": retry_budget, "lock_timeout": lock_timeout, "max_size": max_size,
             "max_age": max_age, "trim_interval": trim_interval, "auto_trim": auto_trim, "shared": shared,
+            "remote": remote, "remote_mode": remote_mode, "remote_timeout": remote_timeout,
+            "remote_connect_timeout": remote_connect_timeout, "remote_budget": remote_budget,
+            "remote_max_size": remote_max_size, "remote_compress": remote_compress,
         }
         if path is not None and not os.fspath(path):
             # An unset shell variable ("--cache-dir $UNSET") must not mean the
@@ -150,6 +161,23 @@ class Cache:
         self.file_mode = _trust.file_mode(self.shared)
         self.debug_keys = _location.env_truthy(os.environ.get("SAFECACHE_DEBUG_KEYS"))
         self._lock = _thread.allocate_lock()
+        #: The remote tier (docs/remote.md), or None.
+        self.tier: Tier | None = None
+        url = remote if remote is not None else (
+            (os.environ.get(app_prefix + "_CACHE_REMOTE") if app_prefix else None) or os.environ.get("SAFECACHE_REMOTE")
+        )
+        mode = remote_mode or os.environ.get("SAFECACHE_REMOTE_MODE") or "read-write"
+        if url and mode != "off":
+            from . import _tier  # only caches with a remote pay for it
+
+            options: dict[str, float] = {}
+            for name, value in (
+                ("timeout", remote_timeout), ("connect_timeout", remote_connect_timeout), ("budget", remote_budget),
+            ):
+                if value is not None:
+                    options[name] = _number(f"remote_{name}", value)
+            size = _tier.DEFAULT_MAX_SIZE if remote_max_size is None else int(_number("remote_max_size", remote_max_size, size=True))
+            self.tier = _tier.Tier(self, url, mode.strip().lower(), max_size=size, compress=remote_compress, **options)
         self._buckets: dict[tuple[str, int], Bucket] = {}
         self._root_ready = False
         self._closed = False
@@ -254,10 +282,13 @@ class Cache:
             _policy.logger().info("safecache: could not flush counters to %s: %s", self.path, exc)
 
     def close(self) -> None:
-        """Flush the counters and release resources.  Idempotent; the cache
-        must not be used afterwards."""
+        """Flush the counters and release resources (with a remote: wait for
+        queued uploads, at most the remote's flush timeout).  Idempotent; the
+        cache must not be used afterwards."""
         if not self._closed:
             self._closed = True
+            if self.tier is not None:
+                self.tier.close()
             self.flush()
             _open_caches.discard(self)
             if self.auto_trim and self.state == READY and self._root_ready:

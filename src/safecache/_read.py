@@ -43,6 +43,8 @@ def get_meta(bucket: Bucket, key: Key) -> bytes | None:
     ops = _osops.current
     try:
         opened = _fs.read_file(path, budget=cache.retry_budget)
+        if opened is None and cache.tier is not None and cache.tier.fetch(bucket, digest, path) is not None:
+            opened = _fs.read_file(path, budget=cache.retry_budget)  # the remote's entry, now local
         if opened is None:
             return None
         fd, block = opened
@@ -86,6 +88,8 @@ def open_entry(
     fd = -1
     try:
         opened = _fs.read_file(path, budget=cache.retry_budget)
+        if opened is None and cache.tier is not None and cache.tier.fetch(bucket, digest, path) is not None:
+            opened = _fs.read_file(path, budget=cache.retry_budget)  # the remote's entry, now local
         if opened is None:
             bucket.counters.misses += 1
             return None

@@ -105,6 +105,8 @@ def put(
     if old_size:
         drop_stale_meta(path)
     _count_write(bucket, length, len(head) + length - old_size, not old_size)
+    if cache.tier is not None:
+        cache.tier.upload(bucket, digest, path, len(head) + length)
     if cache.debug_keys:
         bucket._debug("put", key, digest, "stored")
     return True
@@ -328,6 +330,8 @@ class EntryWriter:
             drop_stale_meta(self._path)
         _count_write(bucket, self._length, len(head) + self._length - old_size, not old_size)
         self.stored = True
+        if cache.tier is not None:
+            cache.tier.upload(bucket, self._digest, self._path, len(head) + self._length)
 
     def _discard(self) -> None:
         if self._fd >= 0:
