@@ -77,6 +77,7 @@ LAYERS: dict[str, int] = {
     "_doctor_links": 8,
     "_doctor_probes": 8,
     "_doctor_report": 8,
+    "_doctor_remote": 8,
     "_doctor_remedies": 8,
     "_probe": 8,
     "_fsinfo": 8,

@@ -280,3 +280,37 @@ def test_a_zip_bomb_is_refused_without_inflating_it(tmp_path: Path, remote: tupl
     head = _tier.MAGIC + (1).to_bytes(2, "little") + _tier.FLAG_ZLIB.to_bytes(2, "little") + (100).to_bytes(8, "little")
     remote[0][name] = head + bomb
     assert machine(tmp_path, "b").bucket("b").get("k") is None
+
+
+# -- doctor probes the remote ----------------------------------------------------------------------
+def test_doctor_probes_the_remote_and_says_who_can_poison_it(
+    tmp_path: Path, remote: tuple[dict[str, bytes], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safecache import doctor
+
+    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(*remote))
+    report = doctor.diagnose(machine(tmp_path, "a"))
+    remote_finding = report.finding("remote")
+    trust = report.finding("remote-trust")
+    assert remote_finding is not None and remote_finding.status == "ok" and "round_trip_ms" in remote_finding.data
+    assert trust is not None and trust.status == "warn" and "SAFECACHE_REMOTE_KEY" in trust.remedy
+    assert remote[0] == {}  # the probe object was deleted
+
+
+def test_doctor_names_a_failing_remote_and_what_to_do(
+    tmp_path: Path, remote: tuple[dict[str, bytes], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safecache import doctor
+
+    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(remote[0], ["not-allowed"]))
+    finding = doctor.diagnose(machine(tmp_path, "a")).finding("remote")
+    assert finding is not None and finding.status == "fail" and "dav_methods" in finding.remedy
+
+
+def test_doctor_reports_signing(tmp_path: Path, remote: tuple[dict[str, bytes], list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from safecache import doctor
+
+    monkeypatch.setenv("SAFECACHE_REMOTE_KEY", "k")
+    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(*remote))
+    trust = doctor.diagnose(machine(tmp_path, "a")).finding("remote-trust")
+    assert trust is not None and trust.status == "ok"

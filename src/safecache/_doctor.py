@@ -33,6 +33,7 @@ from ._doctor_contents import cached_size, check_errors, check_leftovers, check_
 from ._doctor_fs import check_filesystem, check_free_space
 from ._doctor_links import check_links
 from ._doctor_probes import probe_operations
+from ._doctor_remote import check_remote
 from ._doctor_remedies import (
     Advice,
     advice_for,
@@ -69,6 +70,7 @@ def diagnose(cache: Cache, *, target: str | os.PathLike[str] | None = None, prog
     removed afterwards.
     """
     findings, state = _diagnose(cache, None if target is None else os.fspath(target))
+    findings += check_remote(cache)
     if prog != "safecache":
         for f in findings:
             f.detail = f.detail.replace("`safecache ", f"`{prog} ")
