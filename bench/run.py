@@ -10,7 +10,8 @@ Sections: 1 workload (diskcache's benchmark_core), 2 floor (get/put against
 the system calls), 3 large (streaming 100 MiB against cp and cat, peak
 memory), 4 trees (placing 10,000 files against cp -r), 5 scale (1,000 vs
 1,000,000 entries; info, trim and clean), 6 startup (import and `safecache
-dir`), 7 contention (1-8 processes, same and disjoint keys).
+dir`), 7 contention (1-8 processes, same and disjoint keys), 8 memoize (a
+warm call against a bare get).
 ``--sections`` picks some (names or numbers).  Nothing here asserts on
 times: a missed target is reported, never an error, and every target is
 listed in every run (not measured, with the reason, when it was not).  The

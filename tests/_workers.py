@@ -206,3 +206,48 @@ def _nothing() -> Any:
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def memoize_worker(root: str, marker: str, start: Any, queue: Any) -> None:
+    """Call a memoized function that records each run in ``marker``; put its
+    result on ``queue`` (test_memoize: compute once among processes)."""
+    import time
+
+    import safecache
+
+    warnings.simplefilter("ignore")
+    bucket = safecache.Cache(root).bucket("memo")
+
+    @bucket.memoize
+    def slow(x: int) -> dict[str, int]:
+        with open(marker, "a") as f:  # one line per run
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough that every other process arrives while it runs
+        return {"x": x, "by": os.getpid()}
+
+    start.wait()
+    queue.put(slow(21))
+
+
+def aio_worker(root: str, marker: str, start: Any, queue: Any) -> None:
+    """Four coroutines ask ``bucket.aio.get_or_create`` for one key; the
+    factory records each run in ``marker`` (test_aio: compute once among
+    the coroutines of several processes)."""
+    import asyncio
+
+    import safecache
+
+    warnings.simplefilter("ignore")
+    bucket = safecache.Cache(root).bucket("aio")
+
+    async def factory() -> bytes:
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        await asyncio.sleep(0.5)
+        return f"made by {os.getpid()}".encode()
+
+    async def main() -> list[bytes]:
+        return list(await asyncio.gather(*(bucket.aio.get_or_create("k", factory) for _ in range(4))))
+
+    start.wait()
+    queue.put(asyncio.run(main()))

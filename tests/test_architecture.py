@@ -93,6 +93,7 @@ LAYERS: dict[str, int] = {
     "adapters": 9,
     "adapters.cachecontrol": 9,
     "adapters.joblib": 9,
+    "adapters.hishel": 9,
     # 10: the front door, which wires the layers together
     "__init__": 10,
     "__main__": 10,

@@ -27,6 +27,7 @@ import pytest
 import safecache
 import safecache.cli
 from safecache import maintenance
+from safecache._units import format_size
 from safecache.testing import WinError, inject_errors
 
 try:
@@ -123,6 +124,11 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+def on_disk(root: Path, label: str) -> int:
+    """The bytes of a bucket version's entries, by a real walk."""
+    return sum(p.stat().st_size for p in (root / "buckets" / label).glob("??/*"))
+
+
 def corrupt_one(root: Path) -> Path:
     entry = sorted((root / "buckets" / "lint" / "v3").glob("*/*"))[0]
     with open(entry, "ab") as f:
@@ -169,14 +175,14 @@ def test_info_text_is_human_readable(root: Path) -> None:
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("lint/", "wheels/"))}
     assert set(lines) == {"lint/v2", "lint/v3", "wheels/v0"}
     assert "80.0 %" in lines["lint/v3"]  # 200 hits, 50 misses
-    assert "204.7 KiB" in lines["lint/v3"] and " 200 " in lines["lint/v3"]
+    assert f" {format_size(on_disk(root, 'lint/v3'))} " in lines["lint/v3"] and " 200 " in lines["lint/v3"]
     assert lines["wheels/v0"].rstrip().endswith("-")  # no errors
 
 
 def test_info_json_has_exact_bytes(root: Path) -> None:
     data = run_json("info", "--cache-dir", str(root))
     lint = data["buckets"]["lint/v3"]
-    assert (lint["entries"], lint["size"], lint["hits"], lint["misses"]) == (200, 200 * (48 + 1000), 200, 50)
+    assert (lint["entries"], lint["size"], lint["hits"], lint["misses"]) == (200, on_disk(root, "lint/v3"), 200, 50)
     assert lint["hit_rate"] == pytest.approx(0.8) and lint["errors"] == {}
     assert data["entries"] == 211 and data["size"] == sum(b["size"] for b in data["buckets"].values())
     assert data["max_size"] == 5 * 1024**3 and data["path"] == str(root)
@@ -237,15 +243,24 @@ def test_prune_on_a_cache_with_nothing_in_it(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout.strip()) == (0, "nothing to remove")
 
 
-def test_prune_skipped_on_a_read_only_cache_exits_1(root: Path) -> None:
-    """As root, a cache owned by another user is read-only (pip's sudo rule)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the cache another owner")
-    os.chown(root, 65534, 65534)
-    proc = run_cli("prune", "--cache-dir", str(root))
-    assert proc.returncode == 1 and "skipped: the cache is read-only" in proc.stdout
-    data = run_json("prune", "--cache-dir", str(root), expect=1)
-    assert data["ok"] is False and data["skipped_reason"].startswith("the cache is read-only")
+@pytest.mark.unprivileged
+def test_prune_skipped_on_a_read_only_cache_exits_1(unprivileged: Any) -> None:
+    """A cache another user owns is used only in shared mode (docs/security.md),
+    and then read-only for a user who cannot write it: prune is skipped."""
+    root = unprivileged.workdir() / "cache"
+    fill(root, n=5)  # root's, 0755: readable by nobody, not writable
+    code = "import sys; from safecache._cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {"SAFECACHE_SHARED": "1"}
+
+    def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+        return unprivileged.run(f"import sys; sys.argv[1:] = {list(args)!r}; {code}", env=env)
+
+    proc = as_nobody("prune", "--cache-dir", str(root))
+    assert proc.returncode == 1 and "skipped: the cache is read-only" in proc.stdout, proc.stdout + proc.stderr
+    proc = as_nobody("prune", "--cache-dir", str(root), "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1 and data["ok"] is False and data["skipped_reason"].startswith("the cache is read-only")
+    assert len(list((root / "buckets").glob("*/*/*/*"))) == 5 + 1 + 10  # nothing removed
 
 
 @pytest.mark.parametrize("value", ["7", "7x", "abc", "-1d", "1d2", "", "d"])
@@ -317,8 +332,8 @@ def test_verify_finds_repairs_and_then_passes(root: Path) -> None:
     data = run_json("verify", "--cache-dir", str(root), expect=1)
     assert data["ok"] is False and [p["reason"] for p in data["problems"]] == ["wrong-length"]
     assert data["problems"][0]["repaired"] is False and entry.exists()
-    data = run_json("verify", "--repair", "--cache-dir", str(root))
-    assert data["ok"] is True and data["problems"][0]["repaired"] is True and not entry.exists()
+    data = run_json("verify", "--repair", "--cache-dir", str(root), expect=1)  # found: 1, as fsck
+    assert data["ok"] is False and data["problems"][0]["repaired"] is True and not entry.exists()
     proc = run_cli("verify", "--cache-dir", str(root))
     assert (proc.returncode, proc.stdout.strip()) == (0, "no corruption found")
 
@@ -509,7 +524,8 @@ def test_run_returns_exit_codes_and_never_exits(tmp_path: Path, capsys: pytest.C
     assert safecache.cli.run([], cache=cache) == 2
     corrupt_one(root)
     assert safecache.cli.run(["verify"], cache=cache) == 1
-    assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0
+    assert safecache.cli.run(["verify", "--repair"], cache=cache) == 1  # found and repaired: still 1
+    assert safecache.cli.run(["verify"], cache=cache) == 0
     capsys.readouterr()
     assert safecache.cli.run(["clean", "--json"], cache=lambda: cache) == 0
     assert json.loads(capsys.readouterr().out)["removed_entries"] == 210
@@ -577,9 +593,11 @@ def test_exit_code_rules(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
         assert safecache.cli.run(["clean", "--yes"], cache=cache) == expected, fields
     repaired = [{"bucket": "b/v0", "path": "x", "kind": "entry", "reason": "bad-checksum", "repaired": True}]
     monkeypatch.setattr(maintenance, "verify", fake(problems=repaired))
+    assert safecache.cli.run(["verify", "--repair"], cache=cache) == 1  # as fsck: something was found
+    monkeypatch.setattr(maintenance, "verify", fake())
     assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0
-    monkeypatch.setattr(maintenance, "verify", fake(problems=repaired, skipped_reason="the cache is read-only: ..."))
-    assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0
+    monkeypatch.setattr(maintenance, "verify", fake(skipped_reason="the cache is read-only: ..."))
+    assert safecache.cli.run(["verify", "--repair"], cache=cache) == 0  # checked, nothing found
     capsys.readouterr()
 
 
@@ -603,3 +621,101 @@ def test_click_command(tmp_path: Path) -> None:
     assert result.exit_code == 2
     result = runner.invoke(main, ["cache", "--help"])
     assert result.exit_code == 0 and "main cache" in result.output
+
+
+# -- what a new user hit --------------------------------------------------------------------------
+def test_a_stray_file_in_a_bucket_says_what_it_is_and_what_to_do(root: Path) -> None:
+    stray = root / "buckets" / "lint" / "v3" / "00" / "notes.txt"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_text("mine")
+    proc = run_cli("verify", "--repair", "--cache-dir", str(root))
+    assert proc.returncode == 1
+    line = next(line for line in proc.stdout.splitlines() if "notes.txt" in line)
+    assert "unexpected file" in line and "not made by safecache" in line and "remove it by hand" in line
+    assert "1 left (each line above says why, and what to do)" in proc.stdout
+    problem = run_json("verify", "--cache-dir", str(root), expect=1)["problems"][0]
+    assert problem["repaired"] is False and "remove it by hand" in problem["remedy"] and stray.exists()
+    stray.unlink()  # what it said to do
+    assert run_cli("verify", "--repair", "--cache-dir", str(root)).returncode == 0
+
+
+def test_dir_info_and_verify_on_a_disabled_root_say_why(root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the cache another owner")
+    os.chown(root, 65534, 65534)  # another user's cache: not used (docs/security.md)
+    why = "is owned by nobody"
+    proc = run_cli("dir", "--cache-dir", str(root))
+    assert (proc.returncode, proc.stdout.strip()) == (0, str(root)) and why in proc.stderr
+    assert why in run_json("dir", "--cache-dir", str(root))["reason"]
+    proc = run_cli("info", "--cache-dir", str(root))
+    assert proc.returncode == 0 and f"cache:      {root} (disabled)" in proc.stdout and f"why:        '{root}' {why}" in proc.stdout
+    assert why in run_json("info", "--cache-dir", str(root))["reason"]
+    proc = run_cli("verify", "--cache-dir", str(root))
+    assert proc.returncode == 1 and "skipped: the cache is disabled: " in proc.stdout and why in proc.stdout
+    proc = run_cli("verify", env={"SAFECACHE_DISABLE": "1"})
+    assert proc.returncode == 1 and "SAFECACHE_DISABLE" in proc.stdout
+    assert "SAFECACHE_DISABLE" in run_cli("info", env={"SAFECACHE_DISABLE": "1"}).stdout
+
+
+def test_clean_or_prune_of_a_bucket_that_does_not_exist_says_so(root: Path) -> None:
+    proc = run_cli("clean", "lnt", "--cache-dir", str(root))
+    assert proc.returncode == 0 and "no bucket lnt in this cache (its buckets: lint/v2, lint/v3, wheels/v0)" in proc.stdout
+    data = run_json("prune", "--bucket", "lint/v9", "wheels", "--cache-dir", str(root))
+    assert data["not_found"] == ["lint/v9"]
+    assert run_json("clean", "wheels", "--cache-dir", str(root))["not_found"] == []
+
+
+def test_last_trim_is_never_until_a_trim_ran(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    fill(root, n=2)  # the first close starts the trim interval: not a trim
+    assert (root / "stats" / "trim").exists()
+    assert "last trim:  never" in run_cli("info", "--cache-dir", str(root)).stdout
+    assert run_json("info", "--cache-dir", str(root))["last_trim"] is None
+    maintenance.trim(safecache.Cache(root, auto_trim=False))
+    assert "last trim:  0 s ago" in run_cli("info", "--cache-dir", str(root)).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "--older-than", "-1d"], "invalid duration '-1d': a duration cannot be negative"),
+        (["prune", "--older-than=-2h"], "invalid duration '-2h': a duration cannot be negative"),
+        (["prune", "--max-size", "-5M"], "invalid size '-5M': a size cannot be negative"),
+        (["clean", "--timeout", "-1"], "invalid timeout '-1': a timeout cannot be negative"),
+    ],
+)
+def test_negative_durations_sizes_and_timeouts_are_refused_clearly(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli(*args, "--cache-dir", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "suggestion"),
+    [
+        (["--json", "info"], "safecache info --json"),
+        (["--cache-dir", "/tmp/x", "prune", "--ci"], "safecache prune --ci --cache-dir /tmp/x"),
+    ],
+)
+def test_options_before_the_command_are_a_usage_error_that_shows_the_fix(args: list[str], suggestion: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and f"options go after the command: {suggestion}" in proc.stderr
+
+
+def test_an_empty_cache_dir_is_a_usage_error(tmp_path: Path) -> None:
+    """``--cache-dir "$UNSET"`` must not mean the current directory."""
+    proc = subprocess.run([sys.executable, "-m", "safecache", "info", "--cache-dir", ""], capture_output=True,
+                          text=True, env=cli_env(None), cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 2 and "argument --cache-dir: the path is empty" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    assert safecache.cli.run(["dir", "--cache-dir="], cache=safecache.Cache(tmp_path / "c")) == 2
+
+
+@pytest.mark.parametrize("command", ["info", "prune", "clean", "verify"])
+def test_malformed_counter_files_never_print_a_traceback(root: Path, command: str) -> None:
+    for n, text in enumerate(['{"format": 1, "buckets": {"lint/v3": {"hits": 1e400}}}', "[" * 100_000,
+                              '{"format": 1, "buckets": {"lint/v3": {"hits": "many"}}}', '{"format": 1}']):
+        (root / "stats" / f"{n:x}").write_text(text)
+    (root / "stats" / "baseline").write_text('{"format": 1, "buckets": {"lint/v3": {"size": 3}}}')
+    (root / "stats" / "trim").write_text("nan\n")
+    proc = run_cli(command, "--cache-dir", str(root))
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
+
 import safecache
-from safecache import _stats
+from safecache import _stats, maintenance
 from safecache.testing import inject_errors
 
 ctx = multiprocessing.get_context("fork")
@@ -40,9 +44,10 @@ def test_close_flushes_counters_into_the_shared_totals(tmp_path: Path) -> None:
         b.put("a", b"12345")
         b.get("a")
         b.get("missing")
+        path = b.path_for("a")
     t = totals(root)["lint/v2"]
     assert (t["hits"], t["misses"], t["writes"], t["bytes_read"], t["entries"]) == (1, 1, 1, 5, 1)
-    assert t["size"] == 48 + 5
+    assert path is not None and t["size"] == os.path.getsize(path)  # the bytes on disk
 
 
 def test_counters_survive_process_exit_without_close(tmp_path: Path) -> None:
@@ -72,7 +77,7 @@ def test_many_processes_flushing_lose_no_counts(tmp_path: Path) -> None:
         assert p.exitcode == 0
     t = totals(Path(root))["shared/v0"]
     assert (t["writes"], t["hits"], t["entries"]) == (200, 200, 200)
-    assert t["size"] == 200 * (48 + 10)
+    assert t["size"] == sum(p.stat().st_size for p in Path(root, "buckets", "shared", "v0").glob("??/*"))
 
 
 def test_size_follows_replace_and_delete(tmp_path: Path) -> None:
@@ -84,8 +89,9 @@ def test_size_follows_replace_and_delete(tmp_path: Path) -> None:
         b.put("k", b"y" * 10)  # identical: nothing changes
         b.put("gone", b"z")
         b.delete("gone")
+        path = b.path_for("k")
     t = totals(root)["lint/v0"]
-    assert (t["size"], t["entries"]) == (48 + 10, 1)
+    assert path is not None and (t["size"], t["entries"]) == (os.path.getsize(path), 1)
 
 
 def test_errors_are_counted_by_cause(tmp_path: Path) -> None:
@@ -150,3 +156,94 @@ def test_a_failed_flush_keeps_the_counts_for_later(tmp_path: Path) -> None:
     assert b.counters.writes == 1
     c.close()
     assert totals(root)["lint/v0"]["writes"] == 1
+
+
+# -- malformed counter files: corrupt, never an exception ------------------------------------------
+def _record(**changes: object) -> dict[str, object]:
+    record: dict[str, object] = {name: 1 for name in _stats.FIELDS}
+    record["errors"] = {"busy": 1}
+    record.update(changes)
+    return record
+
+
+MALFORMED: dict[str, str] = {
+    "not json": '{"format": 1, "buck',
+    "a list": "[1, 2]",
+    "deep nesting": "[" * 100_000 + "]" * 100_000,
+    "no format": json.dumps({"buckets": {"lint/v0": _record()}}),
+    "format true": json.dumps({"format": True, "buckets": {"lint/v0": _record()}}),
+    "buckets a list": json.dumps({"format": 1, "buckets": []}),
+    "a record a number": json.dumps({"format": 1, "buckets": {"lint/v0": 3}}),
+    "missing field": json.dumps({"format": 1, "buckets": {"lint/v0": {"hits": 1}}}),
+    "a string count": json.dumps({"format": 1, "buckets": {"lint/v0": _record(hits="many")}}),
+    "a bool count": json.dumps({"format": 1, "buckets": {"lint/v0": _record(hits=True)}}),
+    "1e400": '{"format": 1, "buckets": {"lint/v0": ' + json.dumps(_record()).replace('"hits": 1', '"hits": 1e400') + "}}",
+    "a float count": json.dumps({"format": 1, "buckets": {"lint/v0": _record(hits=1.5)}}),
+    "NaN": json.dumps({"format": 1, "buckets": {"lint/v0": _record()}}).replace('"hits": 1', '"hits": NaN'),
+    "a negative count": json.dumps({"format": 1, "buckets": {"lint/v0": _record(misses=-1)}}),
+    "a huge count": json.dumps({"format": 1, "buckets": {"lint/v0": _record(hits=10**30)}}),
+    "5000 digits": '{"format": 1, "buckets": {"lint/v0": {"hits": ' + "9" * 5000 + "}}}",
+    "errors a list": json.dumps({"format": 1, "buckets": {"lint/v0": _record(errors=["busy"])}}),
+    "an error count a string": json.dumps({"format": 1, "buckets": {"lint/v0": _record(errors={"busy": "x"})}}),
+    "not a label": json.dumps({"format": 1, "buckets": {"../../etc": _record()}}),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_counter_files_read_as_corrupt(tmp_path: Path, name: str) -> None:
+    assert _stats.parse_doc(MALFORMED[name].encode()) is None
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("lint").put("k", b"v")
+    for path in [*(root / "stats").glob("?"), root / "stats" / "baseline"]:
+        path.write_text(MALFORMED[name])
+    assert totals(root) == {}
+
+
+def test_a_valid_counter_document_keeps_negative_size_deltas(tmp_path: Path) -> None:
+    doc = {"format": 1, "buckets": {"lint/v0": _record(size=-5, entries=-1)}}
+    assert _stats.parse_doc(json.dumps(doc).encode()) == doc["buckets"]
+
+
+@pytest.mark.parametrize("name", ["deep nesting", "1e400", "missing field", "a string count", "errors a list"])
+def test_malformed_counter_files_raise_out_of_nothing(tmp_path: Path, name: str) -> None:
+    """Cache.close(), info(), trim(), prune(), clean() on malformed counters
+    (and a nan trim stamp): no ValueError, TypeError, KeyError,
+    OverflowError or RecursionError reaches the caller."""
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("lint").put("k", b"v")
+    for path in [*(root / "stats").glob("?"), root / "stats" / "baseline"]:
+        path.write_text(MALFORMED[name])
+    (root / "stats" / "trim").write_text("nan\n")
+    cache = safecache.Cache(root, max_size=10)  # over its limit: close() trims
+    cache.bucket("lint").put("k2", b"v2")
+    assert maintenance.info(cache)["buckets"]["lint/v0"]["writes"] == 1  # type: ignore[index]
+    cache.close()
+    cache = safecache.Cache(root)
+    assert maintenance.trim(cache).skipped_reason == ""
+    assert maintenance.prune(cache).skipped_reason == ""
+    assert maintenance.clean(cache).skipped_reason == ""
+    cache.close()
+
+
+def test_a_fifo_at_a_counter_file_never_hangs_info_close_or_verify(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with safecache.Cache(root) as c:
+        c.bucket("lint").put("k", b"v")
+    for path in [*(root / "stats").glob("?"), root / "stats" / "baseline", root / "stats" / "trim"]:
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    done: list[object] = []
+
+    def work() -> None:
+        cache = safecache.Cache(root)
+        cache.bucket("lint").get("k")
+        done.append(maintenance.info(cache))
+        cache.close()
+        done.append(maintenance.verify(safecache.Cache(root)))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and len(done) == 2, "a FIFO at a counter file hung the caller"

@@ -4,6 +4,7 @@ while in use."""
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 import safecache
-from safecache import _keys, _manifest, _tree
+from safecache import _fs, _keys, _locks, _manifest, _osops, _tree
 from safecache.testing import inject_errors, windows_semantics
 
 ctx = multiprocessing.get_context("fork")
@@ -465,7 +466,8 @@ def test_a_commit_that_cannot_rename_hands_out_an_ephemeral_copy(bucket: safecac
     assert tree.ephemeral and os.readlink(os.path.join(tree.path, "pkg", "link")) == "data.txt"
     assert list(Path(bucket.directory, "tree-objects").iterdir()) == []  # type: ignore[arg-type]
     assert bucket.trees.get("k") is None
-    assert tree.verify() == []  # (verify closes an ephemeral tree: last)
+    assert tree.verify() == []
+    tree.close()
 
 
 def test_ephemeral_trees_under_windows_semantics(tmp_path: Path) -> None:
@@ -547,3 +549,228 @@ def test_lock_for_removal_hands_back_the_exclusive_lock_for_a_caller_that_moves_
     status, lock = _tree.lock_for_removal(locks, tree_id)
     assert status == "ok" and lock is not None and lock.locked
     lock.release()
+
+
+# -- holding a tree: with tree, hold(), bounded waits ------------------------------------------------
+def test_entering_a_tree_says_whether_it_is_held(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    with tree as held:
+        assert held is tree and tree.held
+    bucket.trees.delete("k")
+    with tree:
+        assert not tree.held  # removed by another process (or this one): do not read tree.path
+    assert tree.hold() is False
+
+
+def test_a_nested_with_keeps_the_tree_held_until_the_outer_block_ends(bucket: safecache.Bucket) -> None:
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    with tree:
+        with tree:
+            assert tree.held
+        assert _tree.remove_tree(*_removal_args(bucket, tree), wait=0.0) == "held"
+    assert _tree.remove_tree(*_removal_args(bucket, tree), wait=0.0) == "removed"
+
+
+def test_a_tree_waits_for_a_remover_no_longer_than_the_caches_budget(tmp_path: Path) -> None:
+    cache = safecache.Cache(tmp_path / "cache", retry_budget=0.05, lock_timeout=30)
+    tree = cache.bucket("wheels").trees.get_or_create("k", lambda path: fill(path))
+    assert tree.pin_timeout == 0.05
+    assert safecache.Cache(tmp_path / "c2", retry_budget=5, lock_timeout=0.5).bucket("w").trees.get_or_create(
+        "k", lambda path: fill(path)
+    ).pin_timeout == 0.5
+
+
+def test_a_tree_held_exclusively_elsewhere_is_placed_unpinned_and_not_held(bucket: safecache.Bucket, tmp_path: Path) -> None:
+    """A remover holds a tree's lock for one rename; a holder that keeps it
+    (stuck, or another user in a shared cache) must not stall placements:
+    they go on unpinned after the bounded wait, checking every file."""
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    stuck = _locks.FileLock(bucket.trees._object_lock(tree.manifest.tree_id))  # another open file description
+    stuck.acquire()
+    try:
+        report = tree.place(tmp_path / "dest", mode="copy", timeout=0.0)
+        assert report.complete and placed_matches(tree, tmp_path / "dest") == []
+        assert tree.hold(timeout=0.0) is False
+        with tree:
+            assert not tree.held
+    finally:
+        stuck.release()
+    assert tree.hold(timeout=0.0) is True
+    tree.close()
+
+
+@pytest.mark.unprivileged
+def test_another_user_holding_a_tree_lock_cannot_stall_a_placement(unprivileged: Any, tmp_path: Path) -> None:
+    """A lock file other users can open (made 0644 by a safecache from
+    before lock files were private) lets them flock it: place() waits at
+    most the tree's pin_timeout, then places unpinned."""
+    import subprocess
+
+    import conftest
+
+    work = unprivileged.workdir()
+    cache = safecache.Cache(work / "cache", retry_budget=0.05)
+    tree = cache.bucket("wheels").trees.get_or_create("k", lambda path: fill(path))
+    lock = Path(cache.bucket("wheels").trees._object_lock(tree.manifest.tree_id))
+    with tree:
+        pass  # the lock file exists
+    os.chmod(lock, 0o644)
+    holder = subprocess.Popen(
+        [unprivileged.python, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\n"
+         "time.sleep(30)\n", str(lock)],  # far beyond pin_timeout (the old wait was 60 s)
+        preexec_fn=conftest._drop(unprivileged.uid, unprivileged.gid),
+        stdout=subprocess.PIPE, text=True, cwd="/",
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        report = tree.place(work / "dest", mode="copy")
+        assert holder.poll() is None  # still holding: the placement did not wait for it
+        assert report.complete and placed_matches(tree, work / "dest") == []
+        assert tree.hold() is False
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- ephemeral and staged trees ---------------------------------------------------------------------
+def test_verify_leaves_an_ephemeral_tree_in_place(tmp_path: Path) -> None:
+    bucket = safecache.Cache(tmp_path / "c", enabled=False).bucket("wheels")
+    tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    assert tree.ephemeral and tree.verify() == []
+    assert os.path.isdir(tree.path)
+    assert tree.place(tmp_path / "dest", mode="copy").complete
+    tree.close()
+    assert not os.path.exists(tree.path)
+
+
+@pytest.mark.filterwarnings("ignore::safecache.CacheWarning")
+def test_a_tree_handed_out_from_staging_is_held_until_closed(bucket: safecache.Bucket, tmp_path: Path) -> None:
+    """No commit (the rename fails) and no private temp directory: the
+    staging directory itself is handed out, held for the tree's life, so
+    maintenance (which removes old unheld staging trees) leaves it."""
+    import safecache.maintenance as maintenance
+
+    with inject_errors(errno.EIO, ops=("rename",), path_contains=".tmp"):
+        with inject_errors(errno.ENOSPC, ops=("mkdir",), path_contains="safecache-tree-"):
+            tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    assert tree.ephemeral and tree.path.endswith(".tmp") and os.path.dirname(tree.path).endswith("tree-objects")
+    old = time.time() - 3 * 3600
+    for p in [Path(tree.path), *Path(tree.path).rglob("*")]:
+        os.utime(p, (old, old), follow_symlinks=False)
+    maintenance.trim(bucket.cache)
+    assert os.path.isdir(tree.path) and tree.verify() == []
+    assert tree.place(tmp_path / "dest", mode="copy").complete
+    tree.close()
+    assert not os.path.exists(tree.path)
+    assert not os.path.exists(bucket.trees._object_lock(_layout_id(tree.path)))
+
+
+def _layout_id(staging: str) -> str:
+    from safecache import _layout
+
+    return _layout.staging_tree_id(staging)
+
+
+# -- a full cache file system ----------------------------------------------------------------------
+def writing_factory(path: str) -> None:
+    """A factory whose writes go through safecache's system-call layer, so
+    an injected ENOSPC reaches them as a full disk would."""
+    os.makedirs(os.path.join(path, "pkg"))
+    _fs.write_file(os.path.join(path, "pkg", "data.bin"), [b"payload" * 100])
+
+
+def test_get_or_create_on_a_full_cache_falls_back_to_an_ephemeral_tree(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    bucket = safecache.Cache(root).bucket("wheels", version=1)
+    bucket.trees.get_or_create("made before the disk filled up", writing_factory)
+    with pytest.warns(safecache.CacheWarning, match="full"):
+        with inject_errors(errno.ENOSPC, ops=("write",), path_contains=str(root)) as faults:
+            tree = bucket.trees.get_or_create("k", writing_factory)
+    assert faults.fired >= 1
+    assert tree.ephemeral and Path(tree.path, "pkg", "data.bin").read_bytes() == b"payload" * 100
+    objects = root / "buckets" / "wheels" / "v1" / "tree-objects"
+    assert not [n for n in os.listdir(objects) if n.endswith(".tmp")]  # the staging dir is gone
+    assert bucket.trees.get("k") is None
+    tree.close()
+
+
+def test_put_on_a_full_cache_falls_back_to_an_ephemeral_copy(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    src = tmp_path / "src"
+    src.mkdir()
+    fill(str(src))
+    bucket = safecache.Cache(root).bucket("wheels")
+    bucket.put("made before the disk filled up", b"x")
+    with pytest.warns(safecache.CacheWarning, match="full"):
+        with inject_errors(errno.ENOSPC, ops=("copyfile",), path_contains=str(root)):
+            tree = bucket.trees.put("k", src)
+    assert tree.ephemeral and tree.verify() == []
+    tree.close()
+
+
+def test_a_full_cache_in_strict_mode_raises_cache_full_error(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    bucket = safecache.Cache(root, strict=True).bucket("wheels")
+    bucket.put("made before the disk filled up", b"x")
+    with inject_errors(errno.ENOSPC, ops=("write",), path_contains=str(root)):
+        with pytest.raises(safecache.CacheFullError):
+            bucket.trees.get_or_create("k", writing_factory)
+
+
+def test_a_factorys_own_enospc_elsewhere_is_the_callers(tmp_path: Path) -> None:
+    bucket = safecache.Cache(tmp_path / "cache").bucket("wheels")
+    calls = []
+
+    def factory(path: str) -> None:
+        calls.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "downloads" / "pkg.whl"))
+
+    with pytest.raises(OSError) as info:
+        bucket.trees.get_or_create("k", factory)
+    assert info.value.errno == errno.ENOSPC and len(calls) == 1
+
+
+def test_a_healthy_cache_builds_in_staging_when_no_temp_directory_can_be_made(bucket: safecache.Bucket) -> None:
+    with inject_errors(errno.ENOSPC, ops=("mkdir",), path_contains="safecache-tree-"):
+        tree = bucket.trees.get_or_create("k", lambda path: fill(path))
+    assert not tree.ephemeral and bucket.trees.get("k") is not None
+
+
+# -- commit --------------------------------------------------------------------------------------------
+def test_a_pointer_committed_while_a_dangling_one_is_removed_is_kept(bucket: safecache.Bucket) -> None:
+    """A commit that finds a dangling pointer removes it only if it is still
+    the file it read: a pointer another process committed since stays."""
+    first = bucket.trees.get_or_create("k", lambda path: fill(path, tag="first"))
+    pointer = Path(bucket.trees._pointer(_keys.key_digest("k")))
+    good = pointer.read_bytes()  # points at the live tree `first`
+    # A dangling pointer: same key, a tree id no directory has.
+    document = json.loads(first.manifest.to_bytes())
+    document["tree"] = "f" * 32
+    payload = json.dumps(document).encode()
+    from safecache import _format
+
+    header = _format.pack_header(len(payload), time.time_ns(), bytes.fromhex(_keys.key_digest("k")),
+                                 _format.crc32(payload), _format.KIND_BUILT)
+    pointer.write_bytes(header + payload)
+    original = bucket.trees._read
+
+    def read_then_race(digest: str) -> Any:
+        result = original(digest)
+        if result[1] is not None and result[1].tree_id == "f" * 32:
+            fresh = pointer.with_name("fresh")
+            fresh.write_bytes(good)
+            os.replace(fresh, pointer)  # another process commits `first` again
+        return result
+
+    bucket.trees._read = read_then_race  # type: ignore[method-assign]
+    staging = bucket.trees._staging()
+    assert staging is not None
+    fill(staging, tag="second")
+    tree = bucket.trees.commit("k", staging)
+    assert pointer.read_bytes() == good
+    assert tree.manifest.tree_id == first.manifest.tree_id
+    assert not os.path.exists(staging)

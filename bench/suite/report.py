@@ -120,7 +120,8 @@ def write(results: dict[str, Any], report_path: str, plots_dir: str, *, plots: b
     out += [
         "## Targets",
         (
-            "Every target of issues 2 to 5, with its status in this run; one this run did not measure is listed as "
+            "Every target of issues 2 to 5 and of item 7 (memoize) of 'What real tools need from a cache', with its "
+            "status in this run; one this run did not measure is listed as "
             "such, with the reason. Ratios are safecache's figure over the other's: below 1, safecache is faster. "
             "Why a target is missed, and what limits it, is in its section."
         ),

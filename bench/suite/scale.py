@@ -304,7 +304,7 @@ def _block(wall: dict[str, list[int]], cpu: dict[str, list[int]], n: int) -> dic
 
 def maintenance(ctx: Ctx, small_cache: Any, big_cache: Any, entries: int, cfg: dict[str, Any]) -> dict[str, Any]:
     try:
-        from safecache import _maintenance as mt
+        from safecache import maintenance as mt
 
         mt.info(small_cache)
     except (ImportError, AttributeError, NotImplementedError) as exc:
@@ -380,9 +380,9 @@ def fresh_info(path: str, runs: int) -> dict[str, Any]:
     (median of ``runs`` interpreters)."""
     code = (
         "import time, safecache\n"
-        "from safecache import _maintenance\n"
+        "from safecache import maintenance\n"
         f"c = safecache.Cache({path!r}, auto_trim=False)\n"
-        "t = time.perf_counter_ns(); _maintenance.info(c); print((time.perf_counter_ns() - t) / 1e6)\n"
+        "t = time.perf_counter_ns(); maintenance.info(c); print((time.perf_counter_ns() - t) / 1e6)\n"
     )
     times = []
     for _ in range(runs):
@@ -588,7 +588,7 @@ def markdown(result: dict[str, Any]) -> str:
                 ]
             )
         parts.append(
-            "Maintenance on the largest cache (`safecache._maintenance`):\n\n"
+            "Maintenance on the largest cache (`safecache.maintenance`):\n\n"
             + md_table(["operation", "time", ""], rows, "lrl")
         )
     return "\n\n".join(parts)

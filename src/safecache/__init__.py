@@ -14,6 +14,8 @@ See ``Cache`` for the concurrency contract and the error policy.
 
 from __future__ import annotations
 
+import os as _os
+
 _TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
 from . import _bucket, _cache
@@ -79,6 +81,14 @@ def _auto_trim(cache: Cache) -> object:
 
 _bucket._make_trees = _make_trees
 _cache._auto_trim = _auto_trim
+
+# Tests turn the Windows emulator on in every process they start (xdist
+# workers, subprocesses) with this variable (docs/testing.md).  Unset, it
+# costs one lookup; only then is the testing package imported.
+if _os.environ.get("SAFECACHE_EMULATE_WINDOWS"):
+    from importlib import import_module as _import_module
+
+    _import_module("safecache.testing._environ").enable_from_environment()
 
 __all__ = [
     "Bucket",

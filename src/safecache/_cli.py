@@ -64,15 +64,33 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value >= 0):
+    if value < 0:
+        raise ValueError(f"invalid timeout {text!r}: a timeout cannot be negative; use a number of seconds (0 or more)")
+    if not math.isfinite(value):
         raise ValueError(f"invalid timeout {text!r}: use a number of seconds (0 or more)")
     return value
+
+
+def _directory(text: str) -> str:
+    """A ``--cache-dir``: an empty one is refused (``--cache-dir "$UNSET"``
+    would otherwise mean the current directory, and put a cache in it)."""
+    if not text:
+        raise ValueError("the path is empty (an unset variable?); give the cache directory, or leave the option out")
+    return text
+
+
+#: Options that take a value which may look like an option ("--older-than -1d"):
+#: given as one argument, argparse hands the value to its type, which says
+#: what is wrong with it (a negative duration) instead of "expected one argument".
+_VALUE_OPTIONS = frozenset({"--older-than", "--max-size", "--timeout"})
+#: Options every command takes, which go after the command.
+_COMMON_OPTIONS = frozenset({"--cache-dir", "--app-name", "--json"})
 
 
 # -- the parser -------------------------------------------------------------------------------
 def _common(*, app_name: bool) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache-dir", dest=_P + "cache_dir", metavar="DIR",
+    common.add_argument("--cache-dir", dest=_P + "cache_dir", metavar="DIR", type=_argtype(_directory, "directory"),
                         help="the cache root (default: as the program resolves it)" if not app_name
                         else "the cache root (default: SAFECACHE_DIR, else the user cache directory)")
     if app_name:
@@ -138,11 +156,50 @@ def add_subcommands(
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
     """Parse ``argv``; an exit code instead when argparse would exit (usage error: 2, --help: 0)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    misplaced = _options_before_command(args, parser.prog)
+    if misplaced:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{parser.prog}: error: {misplaced}\n")
+        return EXIT_USAGE
     try:
-        return parser.parse_args(None if argv is None else list(argv))
+        return parser.parse_args(_join_values(args))
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+
+
+def _options_before_command(args: list[str], prog: str) -> str:
+    """``safecache --json info``: the common options belong to each command
+    (argparse would only say "unrecognized arguments").  The message shows
+    the command line that works; ``""`` when nothing is misplaced."""
+    for i, token in enumerate(args):
+        if token in COMMANDS:
+            if not any(t.split("=", 1)[0] in _COMMON_OPTIONS for t in args[:i]):
+                return ""
+            import shlex
+
+            fixed = " ".join(shlex.quote(t) for t in [token, *args[i + 1 :], *args[:i]])
+            return f"options go after the command: {prog} {fixed}"
+        if token == "--":
+            return ""
+    return ""
+
+
+def _join_values(args: list[str]) -> list[str]:
+    """``--older-than -1d`` as ``--older-than=-1d`` (see :data:`_VALUE_OPTIONS`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        following = args[i + 1] if i + 1 < len(args) else ""
+        if token in _VALUE_OPTIONS and following[:1] == "-" and (following[1:2].isdigit() or following[1:2] == "."):
+            out.append(f"{token}={following}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import os
 import sys
 
 from . import _layout, _location
-from ._cli_format import count, num, render_info, summary, unrepaired
+from ._cli_format import count, num, render_info, summary
 from ._progress import Progress, ansi_allowed, isatty
 from ._units import format_size
 
@@ -117,19 +117,32 @@ def execute(args: argparse.Namespace, source: CacheSource | None = None) -> int:
                 cache.close()
 
 
+def _why(cache: Cache) -> str:
+    """Why the cache is not ready (disabled or read-only), for people; ``""`` when it is."""
+    if cache.state == _location.READY:
+        return ""
+    return cache.state_reason or cache.location.source
+
+
 def _disabled(ctx: _Context, command: str) -> int:
     """A maintenance command on a cache that is off: nothing done (exit 1)."""
-    reason = f"caching is off ({ctx.cache.location.source}): nothing to {command}"
+    reason = f"caching is off ({_why(ctx.cache)}): nothing to {command}"
     ctx.emit({"command": command, "path": None, "ok": False, "skipped_reason": reason}, reason)
     return EXIT_PROBLEMS
 
 
 def _cmd_dir(ctx: _Context) -> int:
     cache = ctx.cache
-    ctx.emit(
-        {"path": cache.path, "source": cache.location.source, "state": cache.state},
-        cache.path if cache.path is not None else f"(disabled: {cache.location.source})",
-    )
+    doc: dict[str, object] = {"path": cache.path, "source": cache.location.source, "state": cache.state}
+    why = _why(cache)
+    if why:
+        doc["reason"] = why
+    if cache.path is None:
+        ctx.emit(doc, f"(disabled: {why})")
+        return EXIT_OK
+    ctx.emit(doc, cache.path)  # stdout stays the path alone: scripts use it
+    if why and not ctx.json:
+        sys.stderr.write(f"{ctx.prog}: the cache is {cache.state}: {why}\n")
     return EXIT_OK
 
 
@@ -137,12 +150,15 @@ def _cmd_info(ctx: _Context) -> int:
     from . import maintenance
 
     cache = ctx.cache
+    why = _why(cache)
     if cache.path is None:
-        doc: dict[str, object] = {"path": None, "state": cache.state, "source": cache.location.source}
-        ctx.emit(doc, f"cache: (disabled: {cache.location.source})")
+        doc: dict[str, object] = {"path": None, "state": cache.state, "source": cache.location.source, "reason": why}
+        ctx.emit(doc, f"cache: (disabled: {why})")
         return EXIT_OK
     data = dict(maintenance.info(cache))
     data.setdefault("source", cache.location.source)
+    if why:
+        data["reason"] = why
     ctx.emit(data, render_info(data))
     return EXIT_OK
 
@@ -153,20 +169,51 @@ def _report_doc(command: str, ctx: _Context, report: Report, ok: bool) -> dict[s
     return doc
 
 
-def _finish(ctx: _Context, command: str, report: Report, *, repair: bool = False) -> int:
+def _finish(
+    ctx: _Context, command: str, report: Report, *, repair: bool = False, not_found: list[str] | None = None
+) -> int:
     if command == "verify":
-        # A read-only cache is verified but not repaired (skipped_reason says
-        # so): fine when nothing needed repairing.  A disabled one is not verified.
-        ok = not unrepaired(report.problems) and not (report.skipped_reason and ctx.cache.state == _location.DISABLED)
+        # As fsck: 1 whenever something was found, repaired or not (a CI step
+        # must notice that its cache was damaged).  A read-only cache is
+        # verified but not repaired (skipped_reason says so): fine when
+        # nothing was found.  A disabled one is not verified.
+        ok = not report.problems and not (report.skipped_reason and ctx.cache.state == _location.DISABLED)
     else:
         ok = not report.skipped_reason and not report.problems and not report.kept_in_use
     text = summary(command, report, repair=repair)
-    if ctx.prog != "safecache":
-        text = text.replace("`verify --repair`", f"`{ctx.prog} verify --repair`")
-    else:
-        text = text.replace("`verify --repair`", "`safecache verify --repair`")
-    ctx.emit(_report_doc(command, ctx, report, ok), text)
+    if not_found:
+        text += "\n" + _not_found_text(ctx.cache, not_found)
+    text = text.replace("`verify --repair`", f"`{ctx.prog} verify --repair`")
+    doc = _report_doc(command, ctx, report, ok)
+    if not_found is not None:
+        doc["not_found"] = not_found
+    ctx.emit(doc, text)
     return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+def _not_found(cache: Cache, selection: list[str]) -> list[str]:
+    """The bucket selections (``NAME``, ``NAME/vN``) that match nothing on disk."""
+    from . import maintenance
+
+    if not selection or cache.state == _location.DISABLED:
+        return []  # a disabled cache says why it did nothing
+    on_disk = set(maintenance.list_buckets(cache))
+    names = {name for name, _version in on_disk}
+    missing = []
+    for spec in selection:
+        name, version = _layout.parse_label(spec)
+        if (name not in names) if version is None else ((name, version) not in on_disk):
+            missing.append(spec)
+    return missing
+
+
+def _not_found_text(cache: Cache, missing: list[str]) -> str:
+    from . import maintenance
+
+    held = sorted({_layout.label(name, version) for name, version in maintenance.list_buckets(cache)})
+    which = ", ".join(missing)
+    there = f"its buckets: {', '.join(held)}" if held else "it holds no buckets"
+    return f"no bucket {which} in this cache ({there})"
 
 
 def _cmd_prune(ctx: _Context) -> int:
@@ -175,21 +222,23 @@ def _cmd_prune(ctx: _Context) -> int:
     if ctx.cache.path is None:
         return _disabled(ctx, "prune")
     args = ctx.args
+    selection = list(opt(args, "buckets") or [])
+    not_found = _not_found(ctx.cache, selection)
     if _nothing_stored(ctx.cache):
         report = maintenance.Report()  # not "skipped": there is nothing to prune
-        return _finish(ctx, "prune", report)
+        return _finish(ctx, "prune", report, not_found=not_found)
     with ctx.progress("pruning") as progress:
         report = maintenance.prune(
             ctx.cache,
             ci=bool(opt(args, "ci")),
             older_than=opt(args, "older_than"),
             max_size=opt(args, "max_size"),
-            buckets=opt(args, "buckets") or None,
+            buckets=selection or None,
             force=bool(opt(args, "force")),
             timeout=float(opt(args, "timeout", 60.0)),
             progress=progress,
         )
-    return _finish(ctx, "prune", report)
+    return _finish(ctx, "prune", report, not_found=not_found)
 
 
 def _nothing_stored(cache: Cache) -> bool:
@@ -232,6 +281,7 @@ def _cmd_clean(ctx: _Context) -> int:
             ctx.emit({"command": "clean", "path": ctx.cache.path, "ok": False, "skipped_reason": reason},
                      "nothing removed (not confirmed; --yes skips the question)")
             return EXIT_PROBLEMS
+    not_found = _not_found(ctx.cache, buckets)
     with ctx.progress("cleaning") as progress:
         report = maintenance.clean(
             ctx.cache,
@@ -240,7 +290,7 @@ def _cmd_clean(ctx: _Context) -> int:
             timeout=float(opt(args, "timeout", 60.0)),
             progress=progress,
         )
-    return _finish(ctx, "clean", report)
+    return _finish(ctx, "clean", report, not_found=not_found)
 
 
 def _cmd_verify(ctx: _Context) -> int:

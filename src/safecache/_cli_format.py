@@ -39,6 +39,8 @@ def render_info(data: dict[str, object]) -> str:
     lines = [f"cache:      {data.get('path')} ({data.get('state')})"]
     if data.get("source"):
         lines.append(f"chosen by:  {data['source']}")
+    if data.get("reason"):
+        lines.append(f"why:        {data['reason']}")
     if isinstance(limit, int) and limit > 0:
         lines.append(f"size:       {format_size(size)} of a {format_size(limit)} limit ({100 * size / limit:.1f} %)")
     else:
@@ -99,21 +101,32 @@ def summary(command: str, report: Report, *, repair: bool = False) -> str:
                      "(run again later, or use --force)")
     for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
         what = problem.get("path") or problem.get("bucket") or "?"
-        state = " (removed)" if problem.get("repaired") else ""
+        remedy = problem.get("remedy")
+        state = " (removed)" if problem.get("repaired") else f" (left: {remedy})" if remedy else ""
         lines.append(f"{problem.get('kind', 'problem')}: {what}: {problem.get('reason', '')}{state}")
     hidden = len(report.problems) - MAX_PROBLEMS_SHOWN
     if hidden > 0:
         lines.append(f"... and {hidden:,} more (--json lists them all)")
     if command == "verify":
-        found = count(len(report.problems), "problem", "problems")
-        if not report.problems:
-            lines.append("no corruption found")
-        elif not unrepaired(report.problems):
-            lines.append(f"{found} found, all repaired")
-        elif repair:
-            lines.append(f"{found} found; {len(unrepaired(report.problems)):,} could not be repaired")
-        else:
-            lines.append(f"{found} found: run `verify --repair` to remove them")
+        lines.append(_verdict(report.problems, repair))
     if report.skipped_reason:
         lines.append(f"skipped: {report.skipped_reason}")
     return "\n".join(lines)
+
+
+def _verdict(problems: list[dict[str, object]], repair: bool) -> str:
+    """``verify``'s last line: what was found, and what to do about what is left."""
+    found = count(len(problems), "problem", "problems")
+    left = unrepaired(problems)
+    if not problems:
+        return "no corruption found"
+    if not left:
+        return f"{found} found, all repaired"
+    if repair:
+        return f"{found} found; {len(left):,} left (each line above says why, and what to do)"
+    fixable = [p for p in left if not p.get("remedy")]
+    if len(fixable) == len(left):
+        return f"{found} found: run `verify --repair` to remove them"
+    if fixable:
+        return f"{found} found: `verify --repair` removes {len(fixable):,} of them; each other line says what to do"
+    return f"{found} found: each line above says what to do (`verify --repair` does not remove them)"

@@ -73,28 +73,152 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        """Parse a manifest; raises ValueError when it is not one we can trust."""
+        """Parse a manifest: the one strict parser every reader uses.
+
+        Raises :class:`ManifestError` (a ``ValueError``, and nothing else)
+        for anything that is not a manifest this version can trust: not
+        JSON, non-finite or huge numbers, nesting deep enough to exhaust
+        the stack, a missing or unknown key, a value of the wrong type or
+        range, an unsafe path (:func:`check_relative`), a path listed twice,
+        or a path whose parent is not one of its directories (a path under
+        a file or a symlink would be placed *through* it).  A manifest of a
+        later version raises it with ``newer`` set: a newer safecache's
+        tree, to be left alone rather than removed as corrupt.
+        """
         import json
 
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("manifest") != MANIFEST_VERSION:
-            raise ValueError("not a version 1 manifest")
-        tree_id = doc["tree"]
+        try:
+            doc = json.loads(data, parse_constant=_no_constant, parse_float=_no_float, parse_int=_bounded_int)
+        except RecursionError:
+            raise ManifestError("nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ours
+            raise ManifestError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ManifestError("not a JSON object")
+        version = doc.get("manifest")
+        if not _is_int(version) or version != MANIFEST_VERSION:
+            if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
+                raise ManifestError(f"manifest version {version} is newer than this safecache's", newer=True)
+            raise ManifestError("not a version 1 manifest")
+        if set(doc) != _KEYS:
+            raise ManifestError(f"keys {sorted(doc)}, expected {sorted(_KEYS)}")
+        tree_id, kind, created_ns = doc["tree"], doc["kind"], doc["created_ns"]
         if not (isinstance(tree_id, str) and _layout.is_tree_id(tree_id)):
-            raise ValueError("bad tree id")
-        files = [(str(p), int(s), int(m), str(d)) for p, s, m, d in doc["files"]]
-        dirs = [str(d) for d in doc["dirs"]]
-        symlinks = [(str(p), str(t)) for p, t in doc["symlinks"]]
-        for rel in [f[0] for f in files] + dirs + [s[0] for s in symlinks]:
+            raise ManifestError("bad tree id")
+        if kind not in ("built", "fetched"):
+            raise ManifestError("bad kind")
+        if not (_is_int(created_ns) and 0 <= created_ns < _MAX_INT):
+            raise ManifestError("bad created_ns")
+        dirs = [_path(d) for d in _list(doc["dirs"], "dirs")]
+        files = [_file(f) for f in _list(doc["files"], "files")]
+        symlinks = [_symlink(s) for s in _list(doc["symlinks"], "symlinks")]
+        manifest = cls(files, dirs, symlinks, kind, tree_id, created_ns)
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Raise :class:`ManifestError` unless every path is safe, listed
+        once, and under a listed directory (or the root)."""
+        paths = [f[0] for f in self.files] + self.dirs + [s[0] for s in self.symlinks]
+        for rel in paths:
             check_relative(rel)
-        return cls(files, dirs, symlinks, str(doc["kind"]), tree_id, int(doc["created_ns"]))
+        if len(set(paths)) != len(paths):
+            raise ManifestError("a path is listed twice")
+        dirs = set(self.dirs)
+        for rel in paths:
+            parent = rel.rpartition("/")[0]
+            if parent and parent not in dirs:
+                raise ManifestError(f"{rel!r} is not under a directory of the tree")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted (see :meth:`Manifest.from_bytes`);
+    ``newer``: it is a later version's, not a damaged one."""
+
+    def __init__(self, message: str, *, newer: bool = False) -> None:
+        super().__init__(message)
+        self.newer = newer
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_error, (str(self), self.newer)
+
+
+def _rebuild_error(message: str, newer: bool) -> ManifestError:
+    return ManifestError(message, newer=newer)
+
+
+_KEYS = frozenset({"manifest", "tree", "kind", "created_ns", "dirs", "files", "symlinks"})
+#: Sizes and times are 64-bit on disk; anything larger is not ours.
+_MAX_INT = 1 << 63
+_MAX_INT_DIGITS = 19
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number a manifest holds")
+
+
+def _no_float(text: str) -> object:
+    raise ValueError(f"{text} is not a number a manifest holds (integers only)")
+
+
+def _bounded_int(text: str) -> int:
+    # Refuse before converting: int() of thousands of digits is slow, and
+    # no size, mode or time of ours has more than 19.
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError("a number too large for a manifest")
+    return int(text)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _list(value: object, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise ManifestError(f"{what} is not a list")
+    return value
+
+
+def _path(value: object) -> str:
+    if not isinstance(value, str):
+        raise ManifestError("a path is not a string")
+    return value
+
+
+def _file(value: object) -> tuple[str, int, int, str]:
+    if not (isinstance(value, list) and len(value) == 4):
+        raise ManifestError("a file is not [path, size, mode, digest]")
+    rel, size, mode, digest = value
+    if not (_is_int(size) and 0 <= size < _MAX_INT and _is_int(mode) and 0 <= mode <= 0o7777):
+        raise ManifestError(f"bad size or mode for {rel!r}")
+    if not (isinstance(digest, str) and _layout.is_hex(digest, 32)):
+        raise ManifestError(f"bad digest for {rel!r}")
+    return _path(rel), size, mode, digest
+
+
+def _symlink(value: object) -> tuple[str, str]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ManifestError("a symlink is not [path, target]")
+    rel, target = value
+    if not isinstance(target, str) or not target or "\0" in target:
+        raise ManifestError(f"bad target for {rel!r}")
+    return _path(rel), target
 
 
 def check_relative(rel: str) -> None:
-    """A manifest path must stay inside its tree and its destination."""
+    """A manifest path must stay inside its tree and its destination:
+    relative, ``/``-separated, no empty, ``.`` or ``..`` part, no
+    backslash, no drive (``c:``), no NUL.  Raises :class:`ManifestError`."""
     parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"unsafe path in manifest: {rel!r}")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise ManifestError(f"unsafe path in manifest: {rel!r}")
 
 
 def join(base: str, rel: str) -> str:
@@ -105,18 +229,24 @@ def join(base: str, rel: str) -> str:
 def digest_file(path: str) -> tuple[int, str]:
     """Size and BLAKE2b-128 hex digest of a file, read in 1 MiB chunks."""
     ops = _osops.current
-    h = _keys.new_blake2b_128()
-    size = 0
     fd = _fs.retry("open", ops.open, path, _osops.READ_FLAGS)
     try:
-        while True:
-            block = ops.read(fd, _CHUNK)
-            if not block:
-                break
-            h.update(block)
-            size += len(block)
+        return digest_fd(fd)
     finally:
         ops.close(fd)
+
+
+def digest_fd(fd: int) -> tuple[int, str]:
+    """:func:`digest_file` of the file open at ``fd``, from its position."""
+    read = _osops.current.read
+    h = _keys.new_blake2b_128()
+    size = 0
+    while True:
+        block = read(fd, _CHUNK)
+        if not block:
+            break
+        h.update(block)
+        size += len(block)
     return size, h.hexdigest()
 
 
@@ -163,4 +293,4 @@ def scan(root: str, kind: str, tree_id: str, *, digests: bool = True) -> Manifes
     return Manifest(files, dirs, symlinks, kind, tree_id, time.time_ns())
 
 
-__all__ = ["MANIFEST_VERSION", "Manifest", "check_relative", "digest_file", "join", "scan", "walk"]
+__all__ = ["MANIFEST_VERSION", "Manifest", "ManifestError", "check_relative", "digest_fd", "digest_file", "join", "scan", "walk"]

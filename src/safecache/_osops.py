@@ -203,6 +203,62 @@ class OsOps:
         """The target a symlink holds (trees record and copy symlinks as such)."""
         return os.readlink(path)
 
+    # -- names relative to a directory descriptor (POSIX): each as the os call
+    # with dir_fd; trees are placed and verified through them (openat-style).
+    def has_dir_fd(self) -> bool:
+        """Whether the ``*_at`` operations may stand in for the path ones: the
+        OS has ``dir_fd`` (not Windows) and this class keeps OsOps's path
+        operations (an emulator overriding them models paths, which the
+        ``*_at`` calls would bypass: callers then take their path-based way)."""
+        if not _DIR_FD:
+            return False
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(OsOps, name) for name in _PATH_OPS)
+
+    def open_at(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int) -> int:
+        return os.open(path, flags, mode, dir_fd=dir_fd)
+
+    def lstat_at(self, path: str, *, dir_fd: int) -> os.stat_result:
+        return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+
+    def mkdir_at(self, path: str, mode: int = 0o777, *, dir_fd: int) -> None:
+        os.mkdir(path, mode, dir_fd=dir_fd)
+
+    def unlink_at(self, path: str, *, dir_fd: int) -> None:
+        os.unlink(path, dir_fd=dir_fd)
+
+    def link_at(self, src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        """A hard link to the entry ``src`` itself (a symlink is linked, not followed)."""
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+
+    def replace_at(self, src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        os.replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    def symlink_at(self, src: str, dst: str, *, dir_fd: int) -> None:
+        os.symlink(src, dst, dir_fd=dir_fd)
+
+    def readlink_at(self, path: str, *, dir_fd: int) -> str:
+        return os.readlink(path, dir_fd=dir_fd)
+
+    def listdir_fd(self, fd: int) -> list[str]:
+        """The names in the directory open at ``fd``."""
+        return os.listdir(fd)
+
+    def clone_at(self, src_fd: int, dst: str, *, dir_fd: int) -> None:
+        """:meth:`clone` from the regular file open at ``src_fd`` to the new name ``dst`` in ``dir_fd``."""
+        _file_at(self, src_fd, dst, dir_fd, clone=True)
+
+    def copyfile_at(self, src_fd: int, dst: str, *, dir_fd: int) -> None:
+        """:meth:`copyfile` likewise, reading ``src_fd`` from its start."""
+        _file_at(self, src_fd, dst, dir_fd, clone=False)
+
+    def rmdir_at(self, path: str, *, dir_fd: int) -> None:
+        os.rmdir(path, dir_fd=dir_fd)
+
+    def scandir_fd(self, fd: int) -> os._ScandirIterator[str]:
+        """The entries of the directory open at ``fd`` (``stat`` relative to it)."""
+        return os.scandir(fd)
+
 
 # -- whole-file helpers (called by OsOps.clone and OsOps.copyfile) ------------
 
@@ -397,3 +453,137 @@ current: OsOps = real
 #: is the real OS on POSIX, where ``OsOps`` adds nothing but a Python frame.
 #: (On Windows reads must go through ``open`` for share-delete, so never.)
 fast_path: OsOps | None = None if _WINDOWS else real
+
+
+# -- the *_at operations ------------------------------------------------------------
+_DIR_FD = not _WINDOWS and {os.open, os.stat, os.mkdir, os.unlink, os.link, os.rename, os.symlink, os.readlink} <= os.supports_dir_fd
+#: The path operations the *_at ones stand in for (OsOps.has_dir_fd).
+_PATH_OPS = ("open", "lstat", "mkdir", "rmdir", "unlink", "link", "replace", "symlink", "readlink", "listdir", "clone", "copyfile")
+
+
+def _file_at(ops: OsOps, src_fd: int, dst: str, dir_fd: int, *, clone: bool) -> None:
+    """OsOps.clone_at and copyfile_at: ``dst`` made whole in ``dir_fd``, or nothing."""
+    st = ops.fstat(src_fd)
+    _require_regular(st, dst)
+    mode = stat.S_IMODE(st.st_mode) & 0o777
+    if clone and sys.platform == "darwin":  # fclonefileat(2): dst with src's mode, or nothing
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).fclonefileat(src_fd, dir_fd, os.fsencode(dst), 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), dst)
+        return
+    if clone and sys.platform != "linux":
+        raise OSError(errno.EOPNOTSUPP, "copy-on-write cloning is not implemented on this platform", dst)
+    dst_fd = ops.open_at(dst, CREATE_FLAGS, mode, dir_fd=dir_fd)
+    try:
+        try:
+            if clone:
+                import fcntl
+
+                fcntl.ioctl(dst_fd, _FICLONE, src_fd)  # data only: the mode is set below
+            else:
+                ops.lseek(src_fd, 0, os.SEEK_SET)
+                _copy_data(ops, src_fd, dst_fd, st.st_size, kernel=sys.platform == "linux")
+            _match_mode(dst_fd, mode)
+        finally:
+            ops.close(dst_fd)
+    except BaseException:
+        try:
+            ops.unlink_at(dst, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+# -- removing a tree relative to directory descriptors (_fs.rmtree) ----------------
+#: A real directory: a symlink at the name fails (ELOOP; EMLINK on FreeBSD), a file too (ENOTDIR).
+DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NONBLOCK", 0) | O_CLOEXEC | O_NOFOLLOW
+_NOT_A_DIR = (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)
+
+
+def rmtree_at(path: str, dir_fd: int | None = None) -> None:
+    """Remove the tree at ``path`` (a name in ``dir_fd`` if given) as ``shutil.rmtree`` does where
+    it can: each directory opened with :data:`DIR_FLAGS` and emptied relative to its descriptor, so
+    one swapped for a symlink after it was listed is removed as that link, never entered.  What
+    vanishes counts as removed."""
+    ops = current
+    try:
+        try:
+            fd = ops.open(path, DIR_FLAGS) if dir_fd is None else ops.open_at(path, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in _NOT_A_DIR:
+                raise
+            return ops.unlink(path) if dir_fd is None else ops.unlink_at(path, dir_fd=dir_fd)  # not entered
+        try:
+            _empty_at(ops, fd)
+        finally:
+            ops.close(fd)
+        if dir_fd is None:
+            ops.rmdir(path)
+        else:
+            ops.rmdir_at(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _empty_at(ops: OsOps, top: int) -> None:
+    """Depth first, without recursion (a deep tree must not raise RecursionError): each level
+    holds its directory's descriptor, the names left in it, and its own name in its parent."""
+    stack: list[tuple[int, list[str], str]] = [(top, ops.listdir_fd(top), "")]
+    try:
+        while stack:
+            fd, names, own = stack[-1]
+            if not names:
+                stack.pop()
+                if stack:  # an emptied subdirectory
+                    ops.close(fd)
+                    _remove_at(ops, ops.rmdir_at, stack[-1][0], own)
+                continue
+            name = names.pop()
+            try:
+                child = _child_at(ops, fd, name)
+            except FileNotFoundError:  # gone meanwhile: another process cleaning too
+                continue
+            if child is None:
+                _remove_at(ops, ops.unlink_at, fd, name)
+            else:
+                stack.append((child, [], name))
+                stack[-1][1].extend(ops.listdir_fd(child))
+    finally:
+        for fd, _names, _own in stack[1:]:
+            ops.close(fd)
+
+
+def _remove_at(ops: OsOps, remove: Callable[..., None], fd: int, name: str) -> None:
+    try:
+        try:
+            remove(name, dir_fd=fd)
+        except PermissionError:  # deleting needs write permission on the directory
+            _grant(ops, fd)
+            remove(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+
+
+def _child_at(ops: OsOps, fd: int, name: str) -> int | None:
+    try:
+        st = ops.lstat_at(name, dir_fd=fd)
+    except PermissionError:  # no search permission on ``fd`` for its owner
+        _grant(ops, fd)
+        st = ops.lstat_at(name, dir_fd=fd)
+    try:
+        return ops.open_at(name, DIR_FLAGS, dir_fd=fd) if stat.S_ISDIR(st.st_mode) else None
+    except PermissionError as denied:
+        try:  # never through a symlink: glibc refuses that (EOPNOTSUPP, raised as ValueError)
+            os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU, dir_fd=fd, follow_symlinks=False)
+        except (NotImplementedError, ValueError):
+            raise denied from None
+        return ops.open_at(name, DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno not in _NOT_A_DIR:
+            raise
+        return None  # swapped for a symlink or a file since its lstat: unlinked, never entered
+
+
+def _grant(ops: OsOps, fd: int) -> None:
+    os.fchmod(fd, stat.S_IMODE(ops.fstat(fd).st_mode) | stat.S_IRWXU)

@@ -13,11 +13,12 @@ import contextlib
 import os
 import time
 
-from . import _layout, _locks, _osops, _policy, _stats
+from . import _layout, _locks, _policy, _stats
+from ._examine import Entry, Folder
 from ._reclaim import discard_lock, empty_shard, lock_tree, new_trash, purge, staging_in_use
 from ._trim import holding_trim_lock, record_sizes, write_stamp
 from ._trimmer import Trimmer
-from ._walk import Dir, Report, Run, bucket_dirs, is_dir, writable
+from ._walk import Dir, Report, Run, bucket_dirs, writable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ def _exclusive(
         yield None
         return
     deadline = time.monotonic() + max(0.0, timeout)
-    with holding_trim_lock(cache, root, 0.0 if force else max(0.0, timeout), report, force=force) as go:
+    wait = 0.0 if force else max(0.0, timeout)
+    with holding_trim_lock(cache, root, wait, report, operation=operation, force=force) as go:
         if not go:
             yield None
             return
@@ -144,26 +146,34 @@ def _exclusive(
 def _clean_all(run: Run, deadline: float, force: bool) -> None:
     """Everything under ``buckets/``, including names no safecache would
     make, and the trash of a killed ``clean``; every counter is forgotten."""
-    dirs: list[Dir] = []
-    names: list[str] = []
-    for entry in run.listdir(_layout.buckets_dir(run.root)):
-        if not is_dir(entry):
-            run.remove(entry.path)
-            continue
-        names.append(entry.path)
-        for child in run.listdir(entry.path):
-            if is_dir(child):
-                dirs.append(Dir(run.root, entry.name, child.name))
-            else:
-                run.remove(child.path)
-    for b in dirs:
-        remove_version(run, b, deadline=deadline, force=force)
-    for path in names:
-        _rmdir_quietly(path)
-    for entry in run.listdir(run.root):
-        if _layout.is_trash(entry.name) and is_dir(entry):
-            purge(run, entry.path, None)
+    with run.opened() as root:
+        if root is None:
+            return
+        buckets = run.enter(root, _layout.BUCKETS)
+        if buckets is not None:
+            with buckets:
+                _clean_buckets(run, buckets, deadline, force)
+        for entry in run.scan(root):
+            if _layout.is_trash(entry.name) and entry.is_dir():
+                purge(run, root, entry.name, None)
     _forget(run, drop_all=True)
+
+
+def _clean_buckets(run: Run, buckets: Folder, deadline: float, force: bool) -> None:
+    for entry in run.scan(buckets):
+        if not entry.is_dir():
+            run.remove(buckets, entry.name)
+            continue
+        bucket = run.enter(buckets, entry.name)
+        if bucket is None:
+            continue
+        with bucket:
+            for child in run.scan(bucket):
+                if child.is_dir():
+                    remove_version(run, Dir(run.root, entry.name, child.name), deadline=deadline, force=force)
+                else:
+                    run.remove(bucket, child.name)
+        run.rmdir(buckets, entry.name)
 
 
 def _clean_some(run: Run, buckets: list[str], deadline: float, force: bool) -> None:
@@ -171,8 +181,10 @@ def _clean_some(run: Run, buckets: list[str], deadline: float, force: bool) -> N
     dirs = bucket_dirs(run, buckets)
     for b in dirs:
         remove_version(run, b, deadline=deadline, force=force)
-    for path in sorted({os.path.dirname(b.path) for b in dirs}):
-        _rmdir_quietly(path)
+    with run.opened((_layout.BUCKETS,)) as folder:
+        if folder is not None:
+            for name in sorted({b.name for b in dirs}):
+                run.rmdir(folder, name)
     _forget(run, drop=[b.label for b in dirs])
 
 
@@ -180,7 +192,7 @@ def _forget(run: Run, *, drop: list[str] | None = None, drop_all: bool = False) 
     try:
         _stats.rebase(run.root, {}, full=False, drop=drop or (), drop_all=drop_all)
     except OSError as exc:
-        _policy.logger().info("safecache: clean: could not reset the counters: %s", exc)
+        _policy.logger().info("safecache: %s: could not reset the counters: %s", run.op, exc)
 
 
 # -- removing a bucket version ----------------------------------------------------------------------
@@ -194,67 +206,111 @@ def remove_version(run: Run, b: Dir, *, deadline: float | None, force: bool) -> 
     where it is, unreferenced, for a later trim.  A staging tree younger
     than LEFTOVER_AGE belongs to a live builder and stays too, unless
     ``force``.  The ``tree-objects`` directory itself is never moved: a
-    builder may be creating a staging tree in it right now.
+    builder may be creating a staging tree in it right now.  Where no trash
+    directory can be made (a full file system), everything is deleted in
+    place instead: readers then miss entry by entry.
     """
-    trash = new_trash(run)
-    if trash is None:
-        return
-    children = run.listdir(b.path, b.label)
-    children.sort(key=lambda e: (e.name != _layout.TREES, e.name))
-    objects_dir: str | None = None
-    for entry in children:
-        if entry.name == _layout.TREE_OBJECTS and is_dir(entry):
-            objects_dir = entry.path
-            continue
-        if run.rename(entry.path, os.path.join(trash, entry.name), b.label) is None and is_dir(entry):
-            # Could not move it (Windows: a file inside is open without
-            # share-delete); delete what can be deleted in place.
-            if _layout.is_shard(entry.name):
-                empty_shard(run, entry.path, b.label)
-                _rmdir_quietly(entry.path)
-            else:
-                run.rmtree(entry.path, b.label)
-    if objects_dir is not None:
-        _move_objects(run, b, objects_dir, trash, deadline=deadline, force=force)
-        _rmdir_quietly(objects_dir)
-    purge(run, trash, b.label)
-    _rmdir_quietly(b.path)
-
-
-def _move_objects(run: Run, b: Dir, objects_dir: str, trash: str, *, deadline: float | None, force: bool) -> None:
-    """Move the tree objects into the trash, each under its exclusive lock;
-    held ones, and a live builder's staging trees, stay."""
-    moved_objects = _layout.tree_objects_dir(trash)
-    made = False
-    for entry in run.listdir(objects_dir, b.label):
-        name = entry.name
-        if not is_dir(entry):
-            run.remove(entry.path, b.label)
-            continue
-        tree_id = _layout.tree_id_of(name)
-        go, lock = _may_move(run, b, entry, deadline=deadline, force=force)
-        if not go:
-            continue
-        moved: bool | None = None
+    with run.opened() as root, run.opened(b.parts, b.label) as vf:
+        if root is None or vf is None:
+            return
+        trash = new_trash(run, root)
+        trash_name = os.path.basename(trash.path) if trash is not None else ""
         try:
-            if not made:
-                try:
-                    _osops.current.mkdir(moved_objects, 0o700)
-                except FileExistsError:
-                    pass
-                made = True
-            moved = run.rename(entry.path, os.path.join(moved_objects, name), b.label)
-        except OSError as exc:
-            run.failed(exc, moved_objects, b.label)
+            _empty_version(run, b, vf, trash, deadline=deadline, force=force)
         finally:
-            if lock is not None:
-                lock.release()
-        if moved is not None and (_layout.is_tree_id(name) or _layout.is_staging(name)):
-            discard_lock(b.object_lock(tree_id))  # its tree is gone for good
+            if trash is not None:
+                trash.close()
+        if trash is not None:
+            purge(run, root, trash_name, b.label)
+    with run.opened(b.parts[:-1], b.label) as parent:
+        if parent is not None:
+            run.rmdir(parent, b.vdir)
+
+
+def _empty_version(run: Run, b: Dir, vf: Folder, trash: Folder | None, *, deadline: float | None, force: bool) -> None:
+    children = run.scan(vf, b.label)
+    children.sort(key=lambda e: (e.name != _layout.TREES, e.name))
+    objects: Entry | None = None
+    for entry in children:
+        if entry.name == _layout.TREE_OBJECTS and entry.is_dir():
+            objects = entry
+            continue
+        moved = run.move(vf, entry.name, trash, entry.name, b.label) if trash is not None else None
+        if moved is None and entry.is_dir():
+            # Could not move it (no trash: a full disk; Windows: a file inside
+            # is open without share-delete): delete what can be deleted in place.
+            inner = run.enter(vf, entry.name, b.label) if _layout.is_shard(entry.name) else None
+            if inner is not None:
+                with inner:
+                    empty_shard(run, inner, b.label)
+                run.rmdir(vf, entry.name)
+            else:
+                _newest, size = run.survey(vf, entry.name)
+                if run.rmtree(vf, entry.name, b.label) and entry.name == _layout.TREES:
+                    run.report.freed_bytes += size
+        elif moved is None:
+            st = run.lstat(entry, b.label)
+            if st is not None and run.remove(vf, entry.name, b.label):
+                run.report.freed_bytes += st.st_size
+    if objects is not None:
+        folder = run.enter(vf, objects.name, b.label)
+        if folder is not None:
+            with folder:
+                _move_objects(run, b, folder, trash, deadline=deadline, force=force)
+            run.rmdir(vf, objects.name)
+
+
+def _move_objects(run: Run, b: Dir, objs: Folder, trash: Folder | None, *, deadline: float | None, force: bool) -> None:
+    """Move the tree objects into the trash (delete them in place without
+    one), each under its exclusive lock; held ones, and a live builder's
+    staging trees, stay."""
+    moved_objects: Folder | None = None
+    try:
+        for entry in run.scan(objs, b.label):
+            name = entry.name
+            if not entry.is_dir():
+                run.remove(objs, name, b.label)
+                continue
+            go, lock = _may_move(run, b, objs, entry, deadline=deadline, force=force)
+            if not go:
+                continue
+            moved: bool | None = None
+            try:
+                if trash is not None and moved_objects is None:
+                    moved_objects = _objects_in(run, trash, b.label)
+                if moved_objects is not None:
+                    moved = run.move(objs, name, moved_objects, name, b.label)
+                else:
+                    _newest, size = run.survey(objs, name)
+                    moved = run.rmtree(objs, name, b.label) or None
+                    if moved:
+                        run.report.freed_bytes += size
+                        run.report.removed_trees += _layout.is_tree_id(name)
+                        run.report.removed_temp += not _layout.is_tree_id(name)
+            finally:
+                if lock is not None:
+                    lock.release()
+            if moved is not None and (_layout.is_tree_id(name) or _layout.is_staging(name)):
+                discard_lock(b.object_lock(_layout.tree_id_of(name)))  # its tree is gone for good
+    finally:
+        if moved_objects is not None:
+            moved_objects.close()
+
+
+def _objects_in(run: Run, trash: Folder, label: str) -> Folder | None:
+    """``tree-objects/`` in the trash, made on first use."""
+    try:
+        trash.mkdir(_layout.TREE_OBJECTS, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        run.failed(exc, trash.join(_layout.TREE_OBJECTS), label)
+        return None
+    return run.enter(trash, _layout.TREE_OBJECTS, label)
 
 
 def _may_move(
-    run: Run, b: Dir, entry: os.DirEntry[str], *, deadline: float | None, force: bool
+    run: Run, b: Dir, objs: Folder, entry: Entry, *, deadline: float | None, force: bool
 ) -> tuple[bool, _locks.FileLock | None]:
     """Whether a directory in ``tree-objects/`` may go now, and the lock to
     release once it is moved: a tree only under its exclusive lock, a
@@ -268,15 +324,7 @@ def _may_move(
             run.report.kept_in_use += 1
         return status == "ok", lock
     if _layout.is_staging(name) and not force:
-        newest, _size = run.survey(entry.path)
+        newest, _size = run.survey(objs, name)
         if not run.old(newest) or staging_in_use(b, tree_id):
             return False, None  # a live builder's
     return True, None
-
-
-def _rmdir_quietly(path: str) -> None:
-    """Remove a directory if it is empty (a writer may be filling it again)."""
-    try:
-        _osops.current.rmdir(path)
-    except OSError:
-        pass

@@ -1,80 +1,71 @@
 """Maintenance: removing trees, and emptying trash, while other processes
 use the cache.
 
-A tree is removed only under its exclusive lock (``locks/<name>/v<N>/
-tree-objects/<id>.lock``), which every process placing or holding the tree
-has shared.  :func:`drop_tree` removes the pointer first (new readers miss),
-renames the directory to ``<id>.del-<r>`` under the lock, and deletes it
-after releasing the lock, so no reader waits on a long deletion.
+A tree is removed by ``_tree.remove_tree``, the one protocol for it: under
+its exclusive lock (``locks/<name>/v<N>/tree-objects/<id>.lock``), which
+every process placing or holding the tree has shared, the pointer goes
+first (new readers miss), the directory is renamed to ``<id>.del-<r>``, and
+it is deleted after the lock is released, so no reader waits on a long
+deletion.  :func:`drop_tree` applies the run's error policy to it.
 
 Trash is where ``prune`` and ``clean`` move a bucket version before
 deleting it (``<root>/.trash-<pid>-<r>``), so readers miss within
 milliseconds however long the deletion takes; :func:`purge` deletes it,
 counting what it held.  ``trim`` purges the trash of a killed ``clean``.
+Both walk it as :class:`~._examine.Folder` objects: what was moved into the trash
+may be a directory another user can still change through a descriptor.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as _stat
 
-from . import _errcodes, _fs, _layout, _locks, _osops, _policy
+from . import _fs, _layout, _locks, _policy
 from ._errors import LockTimeoutError
-from ._walk import Dir, Run, is_dir
+from ._examine import REMOVE_BUDGET, Entry, Folder
+from ._walk import Dir, Run
 
 
 # -- trees ----------------------------------------------------------------------------------
 def lock_tree(run: Run, b: Dir, tree_id: str, *, wait: float, force: bool) -> tuple[str, _locks.FileLock | None]:
-    """Take tree ``tree_id``'s exclusive lock, waiting at most ``wait`` seconds.
+    """``_tree.lock_for_removal`` with the run's error policy: ``("ok",
+    lock or None)``, ``("held", None)`` or ``("failed", None)``."""
+    from ._tree import lock_for_removal  # here: Cache.close() imports this module, and most tools never use trees
 
-    ``("ok", lock)``: held, release it after moving the tree away.
-    ``("ok", None)``: go on without it (``force``, or a file system without
-    locks: holders could not lock either, so removal degrades to unguarded,
-    as compute-once degrades to compute-possibly-twice).  ``("held", None)``:
-    another process uses the tree.  ``("failed", None)``: the lock could not
-    be examined (reported through the error policy); the tree is left.
-    """
-    lock = _locks.FileLock(b.object_lock(tree_id), timeout=0.0 if force else wait)
-    try:
-        lock.acquire()
-        return "ok", lock
-    except LockTimeoutError:
-        return ("ok", None) if force else ("held", None)
-    except OSError as exc:
-        if force or _errcodes.locks_unsupported(exc):
-            _policy.logger().info("safecache: %s: removing tree %s without its lock: %s", run.op, tree_id, exc)
-            return "ok", None
-        run.failed(exc, lock.path, b.label)
-        return "failed", None
+    return lock_for_removal(
+        b.locks, tree_id, wait=wait, force=force, failed=lambda exc, path: run.failed(exc, path, b.label)
+    )
 
 
-def drop_tree(run: Run, b: Dir, tree_id: str, pointer: str | None, *, wait: float, force: bool) -> str:
-    """Remove a tree: its pointer (if given), then its directory, under the
-    tree's exclusive lock.  Returns ``"removed"``, ``"gone"`` (someone else
+def drop_tree(
+    run: Run, b: Dir, tree_id: str, pointer: str | None, *, wait: float, force: bool, guard: tuple[Folder, ...] = ()
+) -> str:
+    """Remove a tree (its pointer if given, then its directory) through
+    ``_tree.remove_tree``.  Returns ``"removed"``, ``"gone"`` (someone else
     removed it first), ``"held"`` (another process holds it: nothing was
-    touched) or ``"failed"``."""
-    status, lock = lock_tree(run, b, tree_id, wait=wait, force=force)
-    if status != "ok":
-        return status
-    obj = _layout.tree_object(b.path, tree_id)
-    doomed = _layout.doomed_name(obj, os.urandom(4).hex())
-    try:
-        if pointer is not None:
-            run.remove(pointer, b.label)  # new readers miss from here on
-        # Rename first so the tree vanishes from every reader at once, even
-        # if deleting its files takes a while or fails half-way; delete it
-        # after releasing the lock, so no reader waits on a long deletion.
-        moved = run.rename(obj, doomed, b.label)
-    finally:
-        if lock is not None:
-            lock.release()
-    if moved is None:
+    touched) or ``"failed"``.
+
+    ``remove_tree`` works by path: the folders in ``guard`` (the pointer's
+    shard, ``tree-objects``) must still be what their paths lead to (a
+    directory swapped for a symlink since the walk opened it leaves the
+    tree alone)."""
+    from ._tree import remove_tree
+
+    if not all(folder.same() for folder in guard):
+        _policy.logger().info("safecache: %s: %s changed while it was walked; tree %s left", run.op, b.path, tree_id)
         return "failed"
-    discard_lock(b.object_lock(tree_id))
-    if not moved:
-        return "gone"
-    run.rmtree(doomed, b.label)  # if this fails, the next trim removes the .del- directory
-    return "removed"
+    return remove_tree(
+        b.path,
+        b.locks,
+        tree_id,
+        pointer=pointer,
+        wait=wait,
+        force=force,
+        budget=REMOVE_BUDGET,
+        failed=lambda exc, path: run.failed(exc, path, b.label),
+    )
 
 
 def discard_lock(lock_path: str) -> None:
@@ -99,55 +90,70 @@ def staging_in_use(b: Dir, tree_id: str) -> bool:
 
 
 # -- trash ------------------------------------------------------------------------------------
-def new_trash(run: Run) -> str | None:
-    path = _layout.trash_name(run.root, f"{os.getpid()}-{os.urandom(6).hex()}")
+def new_trash(run: Run, root: Folder) -> Folder | None:
+    """A fresh trash directory in the root; None if it cannot be made (a
+    full file system: the caller deletes in place instead)."""
+    name = _layout.TRASH_PREFIX + f"{os.getpid()}-{os.urandom(6).hex()}"
     try:
-        _osops.current.mkdir(path, 0o700)
-        return path
+        root.mkdir(name, 0o700)
+        return root.child(name)
     except OSError as exc:
-        run.failed(exc, path)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            run.failed(exc, root.join(name))
+        else:
+            _policy.logger().info("safecache: %s: no room for a trash directory, removing in place: %s", run.op, exc)
         return None
 
 
-def purge(run: Run, trash: str, label: str | None) -> None:
-    """Delete a trash directory, counting what it held."""
+def purge(run: Run, parent: Folder, name: str, label: str | None) -> None:
+    """Delete the trash directory ``name`` in ``parent``, counting what it held."""
     report = run.report
-    for entry in run.listdir(trash, label):
-        name = entry.name
-        if _layout.is_shard(name) and is_dir(entry):
-            empty_shard(run, entry.path, label)
-            run.rmtree(entry.path, label)
-            run.tick()
-        elif name == _layout.TREE_OBJECTS and is_dir(entry):
-            for child in run.listdir(entry.path, label):
-                _newest, size = run.survey(child.path)
-                if run.rmtree(child.path, label):
+    trash = run.enter(parent, name, label)
+    if trash is None:
+        return
+    with trash:
+        for entry in run.scan(trash, label):
+            child = entry.name
+            if _layout.is_shard(child) and entry.is_dir():
+                shard = run.enter(trash, child, label)
+                if shard is not None:
+                    with shard:
+                        empty_shard(run, shard, label)
+                run.rmtree(trash, child, label)
+                run.tick()
+            elif child == _layout.TREE_OBJECTS and entry.is_dir():
+                objects = run.enter(trash, child, label)
+                if objects is not None:
+                    with objects:
+                        for obj in run.scan(objects, label):
+                            _newest, size = run.survey(objects, obj.name)
+                            if run.rmtree(objects, obj.name, label):
+                                report.freed_bytes += size
+                                if _layout.is_tree_id(obj.name):
+                                    report.removed_trees += 1
+                                else:
+                                    report.removed_temp += 1
+                run.rmtree(trash, child, label)
+            else:
+                _newest, size = run.survey(trash, child) if entry.is_dir() else (0.0, _size_of(entry))
+                if run.rmtree(trash, child, label):
                     report.freed_bytes += size
-                    if _layout.is_tree_id(child.name):
-                        report.removed_trees += 1
-                    else:
-                        report.removed_temp += 1
-            run.rmtree(entry.path, label)
-        else:
-            _newest, size = run.survey(entry.path) if is_dir(entry) else (0.0, _size_of(entry))
-            if run.rmtree(entry.path, label):
-                report.freed_bytes += size
-    run.rmtree(trash, label)
+    run.rmtree(parent, name, label)
 
 
-def empty_shard(run: Run, path: str, label: str | None) -> None:
-    """Delete the files of a shard directory one by one, counting them (a
-    file that cannot be deleted does not stop the others)."""
+def empty_shard(run: Run, shard: Folder, label: str | None) -> None:
+    """Delete the files of the shard directory ``shard`` one by one,
+    counting them (a file that cannot be deleted does not stop the others)."""
     report = run.report
-    for child in run.listdir(path, label):
+    for child in run.scan(shard, label):
         st = run.lstat(child, label)
         if st is None:
             continue
         if _stat.S_ISDIR(st.st_mode):
-            _newest, size = run.survey(child.path)
-            if run.rmtree(child.path, label):
+            _newest, size = run.survey(shard, child.name)
+            if run.rmtree(shard, child.name, label):
                 report.freed_bytes += size
-        elif run.remove(child.path, label):
+        elif run.remove(shard, child.name, label):
             report.freed_bytes += st.st_size
             if _layout.is_digest(child.name):
                 report.removed_entries += 1
@@ -155,8 +161,8 @@ def empty_shard(run: Run, path: str, label: str | None) -> None:
                 report.removed_temp += 1
 
 
-def _size_of(entry: os.DirEntry[str]) -> int:
+def _size_of(entry: Entry) -> int:
     try:
-        return entry.stat(follow_symlinks=False).st_size
+        return entry.stat().st_size
     except OSError:
         return 0

@@ -168,7 +168,8 @@ def split_url(url: str) -> SplitResult:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise RemoteError("bad-url", f"malformed remote URL {strip_credentials(url)!r}: {exc}") from None
-    if "@" in url.partition("://")[2].partition(parts.netloc)[2] or not parts.hostname:
+    after_host = url.partition("://")[2][len(parts.netloc) :] if parts.netloc else ""
+    if "@" in after_host or not parts.hostname:
         raise RemoteError("bad-url", f"malformed remote URL {strip_credentials(url)!r}: no host, or '@' after it")
     if parts.fragment:
         raise RemoteError("bad-url", f"malformed remote URL {strip_credentials(url)!r}: a #fragment")

@@ -18,8 +18,6 @@ the cache holds.
 
 from __future__ import annotations
 
-import os
-
 from . import _fs, _layout, _locks, _osops
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
@@ -96,9 +94,8 @@ def add_into(total: dict[str, dict[str, object]], label: str, data: dict[str, ob
 
 
 def _read_doc(path: str) -> dict[str, dict[str, object]]:
-    """A shard or baseline file's buckets; {} if missing or unreadable."""
-    import json
-
+    """A shard or baseline file's buckets; {} if missing, not a regular
+    file, or not a valid document (:func:`parse_doc`)."""
     opened = _fs.read_file(path, budget=0.2)
     if opened is None:
         return {}
@@ -107,13 +104,71 @@ def _read_doc(path: str) -> dict[str, dict[str, object]]:
         data = block + _fs.read_exact(fd, 1 << 24) if len(block) == 1 << 16 else block
     finally:
         _osops.current.close(fd)
+    parsed = parse_doc(data)
+    return {} if parsed is None else parsed  # a torn or foreign file: counts are advisory, start again
+
+
+#: No count reaches this (a signed 64-bit counter's range): anything beyond is not ours.
+_LIMIT = 1 << 63
+#: The fields that are deltas in a shard: negative when a process removed more than it added.
+_SIGNED = frozenset({"size", "entries"})
+
+
+def parse_doc(data: bytes) -> dict[str, dict[str, object]] | None:
+    """The buckets of a counters document (a shard or the baseline),
+    validated strictly; None if it is not one.
+
+    Valid: a JSON object ``{"format": 1, "buckets": {label: record}}``
+    whose every label is a bucket version (``name/vN``) and every record
+    holds each of :data:`FIELDS` as an int (not a bool, not a float: no
+    ``1e400``), non-negative except the ``size`` and ``entries`` deltas,
+    within 64 bits, and ``errors`` as a dict of cause (str) to such a count.
+    Anything else (torn, foreign, nested deep enough to exhaust the stack)
+    is corrupt as a whole: every reader then starts again from nothing, and
+    nothing raises out of ``close()``, ``info()`` or maintenance."""
+    import json
+
     try:
-        doc = json.loads(data)
-        if doc.get("format") != _FORMAT or not isinstance(doc.get("buckets"), dict):
-            return {}
-        return {str(k): v for k, v in doc["buckets"].items() if isinstance(v, dict)}
-    except (ValueError, AttributeError):
-        return {}  # a torn or foreign file: counts are advisory, start again
+        doc = json.loads(data, parse_float=_refuse, parse_constant=_refuse)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints, _refuse
+        return None
+    if not isinstance(doc, dict) or type(doc.get("format")) is not int or doc["format"] != _FORMAT:
+        return None
+    buckets = doc.get("buckets")
+    if not isinstance(buckets, dict):
+        return None
+    out: dict[str, dict[str, object]] = {}
+    for label, record in buckets.items():
+        checked = _check_record(label, record)
+        if checked is None:
+            return None
+        out[label] = checked
+    return out
+
+
+def _check_record(label: str, record: object) -> dict[str, object] | None:
+    try:
+        if not isinstance(record, dict) or _layout.parse_label(label)[1] is None:
+            return None
+    except ValueError:
+        return None
+    out: dict[str, object] = {}
+    for name in FIELDS:
+        value = record.get(name)
+        if type(value) is not int or not -_LIMIT < value < _LIMIT or (value < 0 and name not in _SIGNED):
+            return None
+        out[name] = value
+    errors = record.get("errors")
+    if not isinstance(errors, dict) or not all(
+        isinstance(cause, str) and type(n) is int and 0 <= n < _LIMIT for cause, n in errors.items()
+    ):
+        return None
+    out["errors"] = dict(errors)
+    return out
+
+
+def _refuse(text: str) -> object:
+    raise ValueError(f"not a count: {text}")
 
 
 def _write_doc(path: str, buckets: dict[str, dict[str, object]]) -> None:

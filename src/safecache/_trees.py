@@ -34,12 +34,12 @@ from __future__ import annotations
 import os
 import time
 
-from . import _format, _fs, _keys, _layout, _locks, _osops, _policy
+from . import _errcodes, _format, _fs, _keys, _layout, _locks, _osops, _policy
 from ._bucket import MTIME_INTERVAL_NS
 from ._format import Invalid, read_entry
 from ._location import READY
-from ._manifest import Manifest, scan
-from ._tree import Tree, ephemeral, private_dir, remove_tree
+from ._manifest import Manifest, ManifestError, scan
+from ._tree import Tree, ephemeral, private_dir, remove_tree, staged
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -77,9 +77,17 @@ class Trees:
         assert self.locks_dir is not None
         return _layout.tree_object_lock(self.locks_dir, tree_id)
 
+    def _pin_timeout(self) -> float:
+        """How long a user of one of these trees waits for a remover: the
+        retry budget (a remover holds a tree only for a rename and a pointer
+        removal, each retried within it), never more than ``lock_timeout``."""
+        cache = self.bucket.cache
+        return min(cache.retry_budget, cache.lock_timeout)
+
     def _committed(self, manifest: Manifest) -> Tree:
         """The committed tree ``manifest`` describes."""
-        return Tree(self._object(manifest.tree_id), manifest, self._object_lock(manifest.tree_id))
+        tree_id = manifest.tree_id
+        return Tree(self._object(tree_id), manifest, self._object_lock(tree_id), pin_timeout=self._pin_timeout())
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, key: Key) -> Tree | None:
@@ -95,32 +103,52 @@ class Trees:
             return None
 
     def _load(self, digest: str) -> Tree | None:
+        _status, manifest, _st = self._read(digest)
+        if manifest is None or not self._present(manifest.tree_id):
+            return None  # (a dangling pointer: removed by a concurrent delete or clean: a clean miss)
+        return self._committed(manifest)
+
+    def _present(self, tree_id: str) -> bool:
+        return _fs.exists(self._object(tree_id))
+
+    def _read(self, digest: str) -> tuple[str, Manifest | None, os.stat_result | None]:
+        """Read ``digest``'s pointer: ``("ok", manifest, st)`` (``st``: the
+        pointer file's, for :func:`_fs.remove_if_same`); ``("absent", None,
+        None)``; ``("newer", None, st)``, written by a newer safecache, left
+        alone as ``Bucket`` leaves such entries; ``("corrupt", None, st)``,
+        counted and removed (if it is still the file read).  Raises
+        ``OSError``."""
         bucket = self.bucket
         pointer = self._pointer(digest)
         opened = _fs.read_file(pointer, budget=bucket.cache.retry_budget)
         if opened is None:
-            return None
+            return "absent", None, None
         fd, block = opened
         ops = _osops.current
         try:
-            header, payload = read_entry(fd, block, bytes.fromhex(digest))
-            manifest = Manifest.from_bytes(payload or b"")
+            st = ops.fstat(fd)
+            try:
+                header, payload = read_entry(fd, block, bytes.fromhex(digest))
+                manifest = Manifest.from_bytes(payload or b"")
+            except (Invalid, ManifestError) as exc:
+                newer = exc.reason == "unsupported-version" if isinstance(exc, Invalid) else exc.newer
+                _policy.logger().info(
+                    "safecache: %s tree pointer %s (%s)", "newer safecache's" if newer else "invalid", pointer, exc
+                )
+                if newer:
+                    return "newer", None, st
+                bucket.counters.corrupt_removed += 1
+                if bucket.cache.state is READY:
+                    try:
+                        _fs.remove_if_same(pointer, st, budget=_CLEANUP_BUDGET)
+                    except OSError:
+                        pass
+                return "corrupt", None, st
             if time.time_ns() - header.written_ns > MTIME_INTERVAL_NS:
                 bucket._mark_used(fd, pointer)  # a tree's use time is its pointer's mtime
-        except (Invalid, ValueError, KeyError, TypeError) as exc:
-            _policy.logger().info("safecache: invalid tree pointer %s (%s)", pointer, exc)
-            bucket.counters.corrupt_removed += 1
-            if bucket.cache.state is READY:
-                try:
-                    _fs.remove_if_same(pointer, ops.fstat(fd), budget=_CLEANUP_BUDGET)
-                except OSError:
-                    pass
-            return None
+            return "ok", manifest, st
         finally:
             ops.close(fd)
-        if not _fs.exists(self._object(manifest.tree_id)):
-            return None  # removed by a concurrent delete or clean: a clean miss
-        return self._committed(manifest)
 
     def __contains__(self, key: Key) -> bool:
         tree = self.get(key)
@@ -142,6 +170,16 @@ class Trees:
             bucket.counters.error(cache._failed("put_tree", exc, staging))
             return None
 
+    def _pin_staging(self, staging: str) -> _locks.FileLock | None:
+        """Hold a staging tree's lock while it is filled: maintenance removes
+        an old staging tree only when no one holds it (a long download)."""
+        pin = _locks.FileLock(self._object_lock(_layout.staging_tree_id(staging)), shared=True, timeout=0.0)
+        try:
+            pin.acquire()
+            return pin
+        except OSError:
+            return None
+
     def commit(self, key: Key, staging: str, *, kind: str = "built") -> Tree:
         """Commit the directory ``staging`` (made by :meth:`_staging`) as the
         tree for ``key``; returns the tree in force afterwards (ours, or the
@@ -160,6 +198,13 @@ class Trees:
         except OSError as exc:
             bucket.counters.error(cache._failed("put_tree", exc, staging))
             return self._ephemeral_from(staging, None, kind)
+        try:
+            manifest.check()
+        except ManifestError as exc:
+            # Names no manifest may hold (a backslash, a drive-like "c:"):
+            # usable here, never published.
+            _policy.logger().info("safecache: tree not committed: %s", exc)
+            return self._ephemeral_from(staging, manifest, kind)
         final = self._object(tree_id)
         try:
             _fs.retry("rename", _osops.current.rename, staging, final, budget=cache.retry_budget)
@@ -177,22 +222,25 @@ class Trees:
                     bucket.counters.writes += 1
                     bucket.counters.bytes_written += manifest.size
                     return self._committed(manifest)
-                winner = self._load(digest)
+                status, winner, st = self._read(digest)
+                if winner is not None and self._present(winner.tree_id):
+                    # Another process committed this key first: use its tree
+                    # and remove ours, which nothing references.
+                    self._remove_object(tree_id)
+                    return self._committed(winner)
+                if status == "newer":
+                    break  # a newer safecache's tree: never replaced by ours
+                if winner is not None and st is not None:
+                    # Dangling (its tree was removed): remove it, but only if
+                    # it is still the pointer read, not one committed since.
+                    _fs.remove_if_same(pointer, st, budget=cache.retry_budget)
+                # (a corrupt one was removed by _read; an absent one: retry)
             except OSError as exc:
                 bucket.counters.error(cache._failed("put_tree", exc, pointer))
-                # Our tree is whole but unreferenced (maintenance reclaims it
-                # later); the caller can still use it, pinned like any tree.
-                return self._committed(manifest)
-            if winner is not None:
-                # Another process committed this key first: use its tree and
-                # remove ours, which nothing references.
-                self._remove_object(tree_id)
-                return winner
-            # A pointer that is corrupt or points at a removed tree: _load
-            # removed the corrupt one; remove a dangling one and try again.
-            _fs.discard(pointer)
-        # Could not publish (pointers keep vanishing or reappearing): our tree
-        # is still whole; hand it out without a pointer.
+                break
+        # Not published (a failure, a newer safecache's pointer, pointers that
+        # keep vanishing and reappearing): our tree is whole; hand it out,
+        # pinned like any tree, unreferenced (maintenance reclaims it later).
         return self._committed(manifest)
 
     def _ephemeral_from(self, directory: str, manifest: Manifest | None, kind: str) -> Tree:
@@ -201,10 +249,7 @@ class Trees:
         try:
             target = private_dir(create=False)
         except OSError:
-            # Nowhere private to put it: hand out the staged directory itself
-            # (not ephemeral: it sits in the cache, and maintenance removes it
-            # as an old staging tree).
-            return ephemeral(directory, kind, manifest, private=False)
+            return self._staged(directory, manifest, kind)
         try:
             ops.rename(directory, target)
         except OSError:
@@ -215,14 +260,25 @@ class Trees:
                 _fs.copy_tree(directory, target)
             except OSError:
                 _fs.discard_tree(os.path.dirname(target))
-                return ephemeral(directory, kind, manifest, private=False)
+                return self._staged(directory, manifest, kind)
             _fs.discard_tree(directory)
         return ephemeral(target, kind, manifest)
+
+    def _staged(self, directory: str, manifest: Manifest | None, kind: str) -> Tree:
+        """Nowhere private to put it: hand out the staging directory itself,
+        held for the tree's life (:func:`staged`) so maintenance leaves it."""
+        if manifest is None:
+            manifest = scan(directory, kind, _layout.staging_tree_id(directory), digests=False)
+        lock = self._object_lock(_layout.staging_tree_id(directory))
+        return staged(directory, manifest, lock, pin_timeout=self._pin_timeout())
 
     def build(self, key: Key, *, kind: str = "built") -> TreeBuilder:
         """A context manager giving an empty directory to fill; on a normal
         exit it is committed as ``key``'s tree (``builder.tree``), on an
-        exception it is removed.  ::
+        exception it is removed and the exception is yours (the block is
+        your code: a full cache file system included).  Entering raises
+        ``OSError`` when no directory can be made, in the cache or in the
+        temp directory.  ::
 
             with bucket.trees.build(key, kind="fetched") as b:
                 unpack(wheel, b.path)
@@ -231,9 +287,28 @@ class Trees:
         return TreeBuilder(self, key, kind)
 
     def _build_with(self, key: Key, kind: str, fill: Callable[[str], object]) -> Tree:
-        """Build ``key``'s tree by ``fill(path)``; the tree in force afterwards."""
-        with self.build(key, kind=kind) as builder:
-            fill(builder.path)
+        """Build ``key``'s tree by ``fill(path)``; the tree in force afterwards.
+
+        If ``fill`` fails for want of space in the cache (``ENOSPC`` or
+        ``EDQUOT`` on the staging directory: the cache's file system is
+        full), that is the cache's failure, not the caller's: ``fill`` runs
+        again in a private temp directory and an ephemeral tree is returned,
+        as ``Bucket.get_or_create`` returns its value when it cannot store
+        it.  If no private directory can be made either, that ``OSError``
+        is raised: there is nowhere left to build.
+        """
+        builder = self.build(key, kind=kind)
+        try:
+            with builder:
+                fill(builder.path)
+        except OSError as exc:
+            if builder._private or not _cache_full(exc, builder.path):
+                raise
+            cache = self.bucket.cache
+            self.bucket.counters.error(cache._failed("put_tree", exc, builder.path))  # strict: raises
+            builder = TreeBuilder(self, key, kind, private=True)
+            with builder:
+                fill(builder.path)
         assert builder.tree is not None
         return builder.tree
 
@@ -242,8 +317,8 @@ class Trees:
 
         ``source`` is copied (never moved or modified): symlinks as symlinks,
         files with their permission bits and modification times.  Returns
-        the tree in force afterwards; if the cache cannot store it, an
-        ephemeral copy.
+        the tree in force afterwards; if the cache cannot store it (a full
+        file system included), an ephemeral copy.
         """
         source = os.fspath(source)
         return self._build_with(key, kind, lambda path: _fs.copy_tree(source, path))
@@ -263,8 +338,13 @@ class Trees:
         one runs the factory and the others wait (at most ``timeout``
         seconds, default the cache's ``lock_timeout``), then use its tree; if
         the builder dies, a waiter takes over.  Exceptions from ``factory``
-        propagate and nothing is committed.  When the cache cannot store, the
-        factory still runs and an ephemeral tree is returned.
+        propagate and nothing is committed, except ``ENOSPC``/``EDQUOT``
+        from the cache's own directory (its file system is full): the
+        factory then runs again in a private temp directory and an ephemeral
+        tree is returned (strict mode raises ``CacheFullError``).  When the
+        cache cannot store, the factory still runs and an ephemeral tree is
+        returned.  Raises ``OSError`` only when no directory can be made to
+        build in (neither in the cache nor in the temp directory).
         """
         if timeout is not None:
             _locks.check_timeout(timeout)  # at the call: a nan would never return
@@ -317,31 +397,56 @@ class Trees:
         return remove_tree(self._dir, self.locks_dir, tree_id, wait=timeout, budget=self.bucket.cache.retry_budget)
 
 
+def _cache_full(exc: OSError, staging: str) -> bool:
+    """Whether ``exc`` (raised while filling ``staging``) is the cache's file
+    system being full, rather than the caller's own business: ``ENOSPC`` or
+    ``EDQUOT`` naming no file, or a file under ``staging`` (either path of a
+    copy)."""
+    if exc.errno not in _errcodes.FULL_ERRNOS:
+        return False
+    named = [n for n in (exc.filename, exc.filename2) if n is not None]
+    if not named:
+        return True
+    base = os.path.abspath(staging)
+    try:
+        return any(os.path.commonpath([os.path.abspath(os.fsdecode(n)), base]) == base for n in named)
+    except (TypeError, ValueError):  # another drive, a descriptor number
+        return False
+
+
 class TreeBuilder:
     """Returned by :meth:`Trees.build`; see there."""
 
-    def __init__(self, trees: Trees, key: Key, kind: str) -> None:
+    def __init__(self, trees: Trees, key: Key, kind: str, *, private: bool = False) -> None:
         _format.kind_code(kind)
         self._trees = trees
         self._key = key
         self.kind = kind
         self.path = ""
         self.tree: Tree | None = None
-        self._private = False
+        self._private = private
+        self._pin: _locks.FileLock | None = None
 
     def __enter__(self) -> TreeBuilder:
-        staging = self._trees._staging()
+        staging = None if self._private else self._trees._staging()
         if staging is None:
-            staging = private_dir()
+            staging = private_dir()  # raises OSError: nowhere to build
             self._private = True
+        else:
+            self._pin = self._trees._pin_staging(staging)
         self.path = staging
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        pin, self._pin = self._pin, None
+        if pin is not None:
+            pin.release()
         # A private directory is alone in its temp directory: remove both.
         mine = os.path.dirname(self.path) if self._private else self.path
         if exc_type is not None:
             _fs.discard_tree(mine)
+            if pin is not None:
+                _fs.discard(pin.path)  # tree ids are never reused: nothing else will lock it
             return
         if not self._private:
             self.tree = self._trees.commit(self._key, self.path, kind=self.kind)

@@ -13,11 +13,11 @@ import os
 import stat as _stat
 import time
 
-from . import _format, _layout, _osops
-from ._examine import kind_of, read_pointer
+from . import _format, _layout
+from ._examine import Entry, Folder, kind_of, read_pointer
 from ._format import Invalid
 from ._reclaim import discard_lock, drop_tree, purge, staging_in_use
-from ._walk import Dir, Run, TreeUnit, is_dir, plan, present, shards, walk_shards
+from ._walk import Dir, Run, TreeUnit, plan, present, shards, walk_shards
 
 #: A trim for size goes down to this share of the limit (ccache), so a full
 #: cache is not trimmed again by the very next write.
@@ -81,7 +81,8 @@ class Trimmer:
     records what stays in a histogram of use times.  If the cache is then
     over ``max_size``, pass 2 walks again and removes, oldest first, until
     the cache is under ``TRIM_TO`` of the limit; it re-reads each mtime, so
-    an entry used while the trim ran survives.
+    an entry used while the trim ran survives.  Every directory is walked as
+    a :class:`~._walk.Folder` (relative to its descriptor on POSIX).
     """
 
     def __init__(
@@ -120,7 +121,10 @@ class Trimmer:
             plan(run, b)
         run.total = sum(len(b.shards) + len(b.tree_shards) + 1 for b in dirs) + 1
         for b in dirs:
-            self.pass1(b)
+            with run.opened(b.parts, b.label) as vf:
+                if vf is not None:
+                    self.pass1(b, vf)
+            run.tick()
         self.root_leftovers()
         total = sum(b.size for b in dirs)
         if self.max_size is None or total <= self.max_size or not self.hist.slots:
@@ -130,43 +134,66 @@ class Trimmer:
         run.total += sum(len(b.shards) + 1 for b in dirs)
         self.budget = need - before
         for b in dirs:
-            self.pass2(b)
+            with run.opened(b.parts, b.label) as vf:
+                if vf is not None:
+                    self.pass2(b, vf)
+            run.tick()
+
+    def objects_folder(self, b: Dir, vf: Folder) -> tuple[Folder | None, bool]:
+        """``tree-objects/`` of ``vf`` (None if there is none), and whether
+        that is known: when it cannot be told, the bucket's references are
+        unknown (no pointer is then taken for dangling, no tree for
+        unreferenced)."""
+        try:
+            return vf.child(_layout.TREE_OBJECTS), True
+        except (FileNotFoundError, NotADirectoryError):
+            return None, True
+        except OSError as exc:
+            self.run.failed(exc, vf.join(_layout.TREE_OBJECTS), b.label)
+            b.unknown_refs = True
+            return None, False
 
     # -- pass 1 ------------------------------------------------------------------
-    def pass1(self, b: Dir) -> None:
-        for xx, entry in walk_shards(self.run, b):
+    def pass1(self, b: Dir, vf: Folder) -> None:
+        run = self.run
+        for xx, shard, entry in walk_shards(run, b, vf):
             if _layout.is_digest(entry.name):
                 if _layout.shard_of(entry.name) == xx:  # a misplaced one no reader finds; verify reports it
-                    self.entry(entry, b)
+                    self.entry(shard, entry, b)
             elif _layout.is_temp(entry.name):
-                self.leftover_file(entry, b)
-        for xx, entry in walk_shards(self.run, b, trees=True):
-            if _layout.is_digest(entry.name) and _layout.shard_of(entry.name) == xx:
-                self.pointer(entry, b)
-            elif _layout.is_temp(entry.name):
-                self.leftover_file(entry, b)
-        self.objects(b)
-        self.run.tick()
+                self.leftover_file(shard, entry, b)
+        objs, known = self.objects_folder(b, vf)
+        try:
+            for xx, shard, entry in walk_shards(run, b, vf, trees=True):
+                if _layout.is_digest(entry.name) and _layout.shard_of(entry.name) == xx:
+                    self.pointer(shard, entry, b, objs, known)
+                elif _layout.is_temp(entry.name):
+                    self.leftover_file(shard, entry, b)
+            if objs is not None:
+                self.objects(b, vf, objs)
+        finally:
+            if objs is not None:
+                objs.close()
 
-    def entry(self, entry: os.DirEntry[str], b: Dir) -> None:
+    def entry(self, shard: Folder, entry: Entry, b: Dir) -> None:
         """An entry: removed if expired (or fetched, for ``ci``), else counted."""
         run = self.run
         report = run.report
         st = run.lstat(entry, b.label)
         if st is None or not _stat.S_ISREG(st.st_mode):
             return
-        if self.expired(st.st_mtime) or (self.ci and kind_of(entry.path, entry.name) == _format.KIND_FETCHED):
-            if run.remove(entry.path, b.label):
+        if self.expired(st.st_mtime) or (self.ci and kind_of(shard, entry.name) == _format.KIND_FETCHED):
+            if run.remove(shard, entry.name, b.label):
                 report.removed_entries += 1
                 report.freed_bytes += st.st_size
                 return
-            if not present(entry.path):
+            if not present(shard, entry.name):
                 return
         b.size += st.st_size
         b.entries += 1
         self.hist.add(st.st_mtime, st.st_size)
 
-    def leftover_file(self, entry: os.DirEntry[str], b: Dir | None) -> None:
+    def leftover_file(self, folder: Folder, entry: Entry, b: Dir | None) -> None:
         """A temp file: removed once older than LEFTOVER_AGE (a live
         writer's is younger)."""
         run = self.run
@@ -174,21 +201,21 @@ class Trimmer:
         st = run.lstat(entry, label)
         if st is None or _stat.S_ISDIR(st.st_mode) or not run.old(st.st_mtime):
             return
-        if run.remove(entry.path, label):
+        if run.remove(folder, entry.name, label):
             run.report.removed_temp += 1
             run.report.freed_bytes += st.st_size
 
-    def pointer(self, entry: os.DirEntry[str], b: Dir) -> None:
+    def pointer(self, shard: Folder, entry: Entry, b: Dir, objs: Folder | None, known: bool) -> None:
         run = self.run
         report = run.report
         digest = entry.name
         b.pointers.add(digest)
         st = run.lstat(entry, b.label)
         if st is None or not _stat.S_ISREG(st.st_mode):
-            return
+            return  # a FIFO, a device, a symlink: no reader uses it (verify reports it)
         judged: list[os.stat_result] = []
         try:
-            loaded = read_pointer(entry.path, digest, judged)
+            loaded = read_pointer(shard, digest, judged)
         except Invalid as invalid:
             if invalid.reason == "unsupported-version":
                 b.unknown_refs = True  # a newer safecache's tree: we cannot know what it references
@@ -204,35 +231,34 @@ class Trimmer:
         else:
             if loaded is None:
                 return  # gone meanwhile
-        if loaded is None or not present(_layout.tree_object(b.path, loaded[1].tree_id)):
-            # A pointer no reader would use (they remove it too), or one whose
-            # tree is gone (a remover deletes the pointer first, so this is a
-            # leftover, not a commit in progress).  Removed only if it is
-            # still the file judged: a committer may have published a good
-            # one in its place since.
-            if judged and run.remove(entry.path, b.label, same_as=judged[0]):
-                report.removed_entries += 1
-                report.freed_bytes += st.st_size
+        if loaded is not None and (present(objs, loaded[1].tree_id) if objs is not None else not known):
+            header, manifest, _st = loaded
+            unit = TreeUnit(entry.path, manifest.tree_id, st.st_mtime, st.st_size + manifest.size)
+            self.tree(unit, b, fetched=header.kind == _format.KIND_FETCHED, guard=(shard,) + ((objs,) if objs else ()))
             return
-        header, manifest, _st = loaded
-        unit = TreeUnit(entry.path, manifest.tree_id, st.st_mtime, st.st_size + manifest.size)
-        self.tree(unit, b, fetched=header.kind == _format.KIND_FETCHED)
+        # A pointer no reader would use (they remove it too), or one whose
+        # tree is gone (a remover deletes the pointer first, so this is a
+        # leftover, not a commit in progress).  Removed only if it is still
+        # the file judged: a committer may have published a good one since.
+        if judged and run.remove(shard, digest, b.label, same_as=judged[0]):
+            report.removed_entries += 1
+            report.freed_bytes += st.st_size
 
-    def tree(self, unit: TreeUnit, b: Dir, *, fetched: bool) -> None:
+    def tree(self, unit: TreeUnit, b: Dir, *, fetched: bool, guard: tuple[Folder, ...]) -> None:
         """A referenced tree: removed if expired (or fetched, for ``ci``),
         else counted, pointer and files, as one unit."""
         b.referenced.add(unit.tree_id)
         if self.expired(unit.mtime) or (self.ci and fetched):
-            self.expire_tree(unit, b)
+            self.expire_tree(unit, b, guard)
             return
         b.size += unit.size
         b.units.append(unit)
         self.hist.add(unit.mtime, unit.size)
 
-    def expire_tree(self, unit: TreeUnit, b: Dir) -> None:
+    def expire_tree(self, unit: TreeUnit, b: Dir, guard: tuple[Folder, ...]) -> None:
         """Remove a tree pass 1 does not keep; one held by a process stays."""
         report = self.run.report
-        outcome = drop_tree(self.run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force)
+        outcome = drop_tree(self.run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force, guard=guard)
         if outcome in ("removed", "gone"):
             b.referenced.discard(unit.tree_id)
             report.removed_trees += outcome == "removed"
@@ -243,57 +269,57 @@ class Trimmer:
             self.kept.add((b.label, unit.tree_id))
         b.size += unit.size
 
-    def objects(self, b: Dir) -> None:
+    def objects(self, b: Dir, vf: Folder, objs: Folder) -> None:
         """``tree-objects/``: staging trees and half-removed trees left by
         dead processes, and trees no pointer references."""
         run = self.run
-        candidates: list[os.DirEntry[str]] = []
-        for entry in run.listdir(_layout.tree_objects_dir(b.path), b.label):
+        candidates: list[Entry] = []
+        for entry in run.scan(objs, b.label):
             name = entry.name
-            if not is_dir(entry):
+            if not entry.is_dir():
                 continue
             if _layout.is_tree_id(name):
                 if name not in b.referenced:
                     candidates.append(entry)
             elif _layout.is_staging(name):
-                self.staging(entry, b)
+                self.staging(objs, entry, b)
             elif _layout.is_doomed(name):
-                self.leftover_dir(entry, b)
+                self.leftover_dir(objs, entry, b)
         if candidates and not b.unknown_refs:
-            self.rescan_pointers(b)
+            self.rescan_pointers(b, vf)
         for entry in candidates:
-            self.unreferenced(entry, b)
-        self.orphan_locks(b)
+            self.unreferenced(objs, entry, b)
+        self.orphan_locks(b, objs)
 
-    def staging(self, entry: os.DirEntry[str], b: Dir) -> None:
+    def staging(self, objs: Folder, entry: Entry, b: Dir) -> None:
         """A staging tree: removed once old, unless its builder pins it."""
         run = self.run
         tree_id = _layout.tree_id_of(entry.name)
-        newest, size = run.survey(entry.path)
-        if run.old(newest) and not staging_in_use(b, tree_id) and run.rmtree(entry.path, b.label):
+        newest, size = run.survey(objs, entry.name)
+        if run.old(newest) and not staging_in_use(b, tree_id) and run.rmtree(objs, entry.name, b.label):
             run.report.removed_temp += 1
             run.report.freed_bytes += size
             discard_lock(b.object_lock(tree_id))
 
-    def leftover_dir(self, entry: os.DirEntry[str], b: Dir) -> None:
+    def leftover_dir(self, objs: Folder, entry: Entry, b: Dir) -> None:
         """A half-removed tree (``<id>.del-<r>``): its remover is done with it."""
         run = self.run
-        _newest, size = run.survey(entry.path)
-        if run.rmtree(entry.path, b.label):
+        _newest, size = run.survey(objs, entry.name)
+        if run.rmtree(objs, entry.name, b.label):
             run.report.removed_temp += 1
             run.report.freed_bytes += size
 
-    def unreferenced(self, entry: os.DirEntry[str], b: Dir) -> None:
+    def unreferenced(self, objs: Folder, entry: Entry, b: Dir) -> None:
         """A tree no pointer references: removed once old (a commit renames
         its object into place just before publishing its pointer)."""
         run = self.run
         report = run.report
         tree_id = entry.name
-        newest, size = run.survey(entry.path)
+        newest, size = run.survey(objs, tree_id)
         if tree_id in b.referenced or b.unknown_refs or not run.old(newest):
             b.size += size
             return
-        outcome = drop_tree(run, b, tree_id, None, wait=self.wait(), force=self.force)
+        outcome = drop_tree(run, b, tree_id, None, wait=self.wait(), force=self.force, guard=(objs,))
         if outcome == "removed":
             report.removed_trees += 1
             report.freed_bytes += size
@@ -303,54 +329,81 @@ class Trimmer:
         elif outcome == "failed":
             b.size += size
 
-    def rescan_pointers(self, b: Dir) -> None:
+    def rescan_pointers(self, b: Dir, vf: Folder) -> None:
         """Read pointers published since pass 1 listed them, so a tree
-        committed meanwhile is not taken for unreferenced."""
+        committed meanwhile is not taken for unreferenced.  Only regular
+        files are read (a FIFO there reads as absent, never blocks)."""
         run = self.run
-        trees = _layout.trees_dir(b.path)
-        for xx in shards(run, trees, b.label):
-            for child in run.listdir(os.path.join(trees, xx), b.label):
-                if _layout.is_digest(child.name) and child.name not in b.pointers:
-                    b.pointers.add(child.name)
-                    try:
-                        loaded = read_pointer(child.path, child.name)
-                    except (Invalid, ValueError):
-                        continue
-                    except OSError:
-                        b.unknown_refs = True
-                        continue
-                    if loaded is not None:
-                        b.referenced.add(loaded[1].tree_id)
+        trees = run.enter(vf, _layout.TREES, b.label)
+        if trees is None:
+            return
+        with trees:
+            for xx in shards(run, trees, b.label):
+                shard = run.enter(trees, xx, b.label)
+                if shard is None:
+                    continue
+                with shard:
+                    for child in run.scan(shard, b.label):
+                        if _layout.is_digest(child.name) and child.name not in b.pointers and child.is_file():
+                            self.rescanned(shard, child, b)
 
-    def orphan_locks(self, b: Dir) -> None:
+    def rescanned(self, shard: Folder, child: Entry, b: Dir) -> None:
+        b.pointers.add(child.name)
+        try:
+            loaded = read_pointer(shard, child.name)
+        except Invalid as invalid:
+            b.unknown_refs |= invalid.reason == "unsupported-version"
+            return
+        except ValueError:
+            return
+        except OSError:
+            b.unknown_refs = True
+            return
+        if loaded is not None:
+            b.referenced.add(loaded[1].tree_id)
+
+    def orphan_locks(self, b: Dir, objs: Folder) -> None:
         """Delete lock files of tree objects that no longer exist (older
         than LEFTOVER_AGE; see ``_walk``'s docstring for why this is safe)."""
         run = self.run
-        for entry in run.listdir(_layout.tree_object_locks_dir(b.locks)):
-            tree_id = _layout.lock_tree_id(entry.name)
-            if tree_id is None:
-                continue
-            st = run.lstat(entry)
-            if st is None or not run.old(st.st_mtime):
-                continue
-            # Staging first, then the object: a commit renames the one into
-            # the other, so at every moment one of the two names exists.
-            if present(_layout.tree_staging(b.path, tree_id)) or present(_layout.tree_object(b.path, tree_id)):
-                continue
-            discard_lock(entry.path)
+        with run.opened((*b.lock_parts, _layout.TREE_OBJECTS)) as locks:
+            if locks is None:
+                return
+            for entry in run.scan(locks):
+                tree_id = _layout.lock_tree_id(entry.name)
+                if tree_id is None:
+                    continue
+                st = run.lstat(entry)
+                if st is None or not run.old(st.st_mtime) or not _stat.S_ISREG(st.st_mode):
+                    continue
+                # Staging first, then the object: a commit renames the one into
+                # the other, so at every moment one of the two names exists.
+                if present(objs, tree_id + _layout.STAGING_SUFFIX) or present(objs, tree_id):
+                    continue
+                try:  # best effort: on Windows a holder's handle keeps it
+                    locks.unlink(entry.name, budget=0.0)
+                except OSError:
+                    pass
 
     def root_leftovers(self) -> None:
         """Temp files of markers and counters, and abandoned trash."""
         run = self.run
-        for directory in (run.root, _layout.stats_dir(run.root)):
-            for entry in run.listdir(directory):
-                if _layout.is_temp(entry.name):
-                    self.leftover_file(entry, None)
-                elif directory == run.root and _layout.is_trash(entry.name) and is_dir(entry):
-                    newest, _size = run.survey(entry.path)
-                    if run.old(newest):
-                        purge(run, entry.path, None)  # a killed clean's
-                        run.report.removed_temp += not present(entry.path)
+        with run.opened() as root:
+            if root is not None:
+                for entry in run.scan(root):
+                    if _layout.is_temp(entry.name):
+                        self.leftover_file(root, entry, None)
+                    elif _layout.is_trash(entry.name) and entry.is_dir():
+                        newest, _size = run.survey(root, entry.name)
+                        if run.old(newest):
+                            purge(run, root, entry.name, None)  # a killed clean's
+                            run.report.removed_temp += not present(root, entry.name)
+                stats = run.enter(root, _layout.STATS)
+                if stats is not None:
+                    with stats:
+                        for entry in run.scan(stats):
+                            if _layout.is_temp(entry.name):
+                                self.leftover_file(stats, entry, None)
         run.tick()
 
     # -- pass 2 ------------------------------------------------------------------
@@ -366,37 +419,54 @@ class Trimmer:
             return True
         return False  # newer, or used since pass 1
 
-    def pass2(self, b: Dir) -> None:
+    def pass2(self, b: Dir, vf: Folder) -> None:
         run = self.run
         report = run.report
-        self.pass2_trees(b)
-        for xx, entry in walk_shards(run, b):
+        self.pass2_trees(b, vf)
+        for xx, shard, entry in walk_shards(run, b, vf):
             if not (_layout.is_digest(entry.name) and _layout.shard_of(entry.name) == xx):
                 continue
             st = run.lstat(entry, b.label)
             if st is None or not _stat.S_ISREG(st.st_mode) or not self.least_recent(st.st_mtime, st.st_size):
                 continue
-            if run.remove(entry.path, b.label):
+            if run.remove(shard, entry.name, b.label):
                 report.removed_entries += 1
                 report.freed_bytes += st.st_size
                 b.size -= st.st_size
                 b.entries -= 1
-        run.tick()
 
-    def pass2_trees(self, b: Dir) -> None:
-        report = self.run.report
-        for unit in sorted(b.units, key=lambda u: u.mtime):
-            try:
-                mtime = _osops.current.lstat(unit.pointer).st_mtime
-            except OSError:
-                continue
-            if not self.least_recent(mtime, unit.size):
-                continue
-            outcome = drop_tree(self.run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force)
-            if outcome == "removed":
-                report.removed_trees += 1
-                report.freed_bytes += unit.size
-                b.size -= unit.size
-            elif outcome == "held":
-                report.kept_in_use += (b.label, unit.tree_id) not in self.kept
-                self.kept.add((b.label, unit.tree_id))
+    def pass2_trees(self, b: Dir, vf: Folder) -> None:
+        if not b.units:
+            return
+        run = self.run
+        report = run.report
+        objs, _known = self.objects_folder(b, vf)
+        trees = run.enter(vf, _layout.TREES, b.label)
+        try:
+            if objs is None or trees is None:
+                return
+            for unit in sorted(b.units, key=lambda u: u.mtime):
+                name = os.path.basename(unit.pointer)
+                shard = run.enter(trees, _layout.shard_of(name), b.label)
+                if shard is None:
+                    continue
+                with shard:
+                    try:
+                        mtime = shard.lstat(name).st_mtime
+                    except OSError:
+                        continue
+                    if not self.least_recent(mtime, unit.size):
+                        continue
+                    guard = (shard, objs)
+                    outcome = drop_tree(run, b, unit.tree_id, unit.pointer, wait=self.wait(), force=self.force, guard=guard)
+                if outcome == "removed":
+                    report.removed_trees += 1
+                    report.freed_bytes += unit.size
+                    b.size -= unit.size
+                elif outcome == "held":
+                    report.kept_in_use += (b.label, unit.tree_id) not in self.kept
+                    self.kept.add((b.label, unit.tree_id))
+        finally:
+            for folder in (objs, trees):
+                if folder is not None:
+                    folder.close()

@@ -22,6 +22,8 @@ def parse_duration(text: str) -> float:
     hint = "use a number and a unit (s, m, h, d, w): 7d, 12h, 30m, 90s, 1h30m"
     if not value:
         raise ValueError(f"invalid duration {text!r}: {hint}")
+    if value.startswith("-"):
+        raise ValueError(f"invalid duration {text!r}: a duration cannot be negative; {hint}")
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
         raise ValueError(f"invalid duration {text!r}: a unit is needed ({value}s? {value}d?); {hint}")
     pos = 0
@@ -51,6 +53,8 @@ def parse_size(text: str) -> int:
     of 1024; ``KB``/``MB``/``GB``/``TB`` powers of 1000; a bare number is
     bytes.  Case-insensitive.  Raises ``ValueError`` with a message for people."""
     hint = "use bytes or a number and a unit: 500M, 2G, 1.5GiB, 100MB"
+    if text.strip().startswith("-"):
+        raise ValueError(f"invalid size {text!r}: a size cannot be negative; {hint}")
     match = _SIZE.fullmatch(text.strip())
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:

@@ -1,11 +1,12 @@
 """Maintenance, the part every operation shares: one run (its report, the
-error policy, progress) and the bucket directories it visits.
+error policy, progress), the directories it walks and the bucket
+directories it visits.
 
 docs/maintenance.md is the user's description; this is the implementer's.
 The operations live in ``_trim`` (with ``_trimmer``, the walk ``trim`` and
 ``prune`` share), ``_prune`` (``prune``, ``clean``), ``_verify`` and
-``_info``; ``_examine`` reads what a walk finds, ``_reclaim`` removes trees
-and trash.  :mod:`safecache.maintenance`
+``_info``; ``_examine`` reaches directories (``Folder``) and reads what a
+walk finds, ``_reclaim`` removes trees and trash.  :mod:`safecache.maintenance`
 is their public face.
 
 Every operation is safe while other processes use the cache: they keep
@@ -18,13 +19,18 @@ working and at worst see misses.  That rests on four rules.
 * **Trees** are removed only under their exclusive lock, taken without
   waiting (``trim``) or with a bounded wait (``prune``, ``clean``); every
   process placing or holding a tree has that lock shared, so a held tree is
-  left and counted in ``Report.kept_in_use``.  The pointer goes first (new
-  readers miss), then the directory is renamed to ``<id>.del-<r>`` under the
-  lock and deleted after the lock is released.  ``force=True`` removes held
-  trees too (see ``_prune.prune``).
-* **Nothing is followed.**  Directories are entered only after ``lstat``
-  says they are real directories, and removal goes through :func:`_fs.rmtree`,
-  which never follows symlinks and copes with read-only files.
+  left and counted in ``Report.kept_in_use``.  ``_tree.remove_tree`` is the
+  protocol; ``force=True`` removes held trees too (see ``_prune.prune``).
+* **Nothing is followed.**  A walk reaches every directory as a
+  :class:`~._examine.Folder`: on POSIX opened with ``O_NOFOLLOW | O_DIRECTORY``
+  relative to its parent's descriptor, and everything in it (listing,
+  ``lstat``, reading, unlinking, renaming, removing subtrees) is done
+  relative to that descriptor, as ``shutil.rmtree`` does.  A directory
+  swapped for a symlink between its listing and its use (another user who
+  can write ``buckets/`` in a shared cache) is never entered, and nothing
+  outside the cache is touched however late the swap.  Windows has no
+  ``dir_fd``: there a Folder is a path whose identity (device, inode) is
+  checked before each use, which narrows that window without closing it.
 * **Lock files are never deleted while they may be in use.**  The only lock
   files removed are those of tree objects that no longer exist: tree ids are
   random and never reused, so a process that later opens such a lock finds
@@ -38,12 +44,14 @@ lenient mode, the typed error in strict mode (:meth:`Run.failed`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as _stat
 import time
 
-from . import _errcodes, _fs, _layout, _osops, _policy
+from . import _errcodes, _fs, _layout, _policy
 from ._errors import CacheReadOnlyError
+from ._examine import REMOVE_BUDGET, Entry, Folder, listing
 from ._location import DISABLED, READY
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: Cache.close() imports this module
@@ -59,9 +67,6 @@ if TYPE_CHECKING:
 #: ``clean_dir`` uses the same hour for its temp files; a tree commit renames
 #: its object into place milliseconds before publishing its pointer).
 LEFTOVER_AGE = 3600.0
-#: Removing one file retries "in use" errors this long, then leaves it for
-#: the next run (a bulk operation must not spend 2 s on every busy file).
-REMOVE_BUDGET = 0.1
 
 clock = time.time  # the clock (tests may replace it)
 
@@ -74,10 +79,11 @@ class Report:
     leftovers (temp files, staging trees, half-removed trees, trash);
     ``freed_bytes``: their sizes (file sizes, not blocks); ``kept_in_use``:
     trees left because a process held them; ``problems`` (``verify``): one
-    dict per problem, ``{"bucket": "name/vN", "path": path relative to the
-    root, "kind": "entry"|"tree", "reason": str, "repaired": bool}``;
-    ``skipped_reason``: why the operation did nothing (another process is
-    trimming, the cache is read-only...), else ``""``.
+    dict per problem, ``{"bucket": "name/vN" (or "" for the counters),
+    "path": path relative to the root, "kind": "entry"|"tree"|"counter",
+    "reason": str, "repaired": bool, "remedy": str}``; ``skipped_reason``:
+    why the operation did nothing (another process is trimming, the cache is
+    read-only...), else ``""``.
     """
 
     __slots__ = (  # noqa: RUF023 - the order of as_dict()
@@ -119,6 +125,9 @@ class Dir:
         self.label = _layout.dir_label(name, vdir)
         self.path = _layout.bucket_dir(root, name, vdir)
         self.locks = _layout.bucket_locks_dir(root, name, vdir)
+        #: Where it is, and its locks, from the root, one name at a time.
+        self.parts = (_layout.BUCKETS, name, vdir)
+        self.lock_parts = (_layout.LOCKS, name, vdir)
         self.shards: list[str] = []
         self.tree_shards: list[str] = []
         self.size = 0
@@ -173,9 +182,11 @@ class Run:
         """Apply the error policy to ``exc`` on ``path``.
 
         A vanished file or directory is not a failure: another process
-        removed it first.  A file still "in use" after the short retry is
-        left for the next run.  Anything else is the cache's error policy:
-        a warning once per cause (lenient) or the typed error (strict).
+        removed it first (a directory that became something else, a symlink
+        swapped in, counts as vanished: it is not the cache's).  A file
+        still "in use" after the short retry is left for the next run.
+        Anything else is the cache's error policy: a warning once per cause
+        (lenient) or the typed error (strict).
         """
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             return
@@ -196,83 +207,131 @@ class Run:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    # -- file system -----------------------------------------------------------
-    def listdir(self, path: str, label: str | None = None) -> list[os.DirEntry[str]]:
-        """The entries of directory ``path``; [] if it is gone or failed."""
+    # -- directories -----------------------------------------------------------
+    def folder(self, names: Iterable[str] = (), label: str | None = None) -> Folder | None:
+        """The directory reached from the root through ``names``, one at a
+        time; None if it is not there (or not a directory) or failed."""
+        path = self.root
         try:
-            with _osops.current.scandir(path) as it:
-                return list(it)
+            folder = Folder.open(path)
         except OSError as exc:
             self.failed(exc, path, label)
+            return None
+        for name in names:
+            inner = self.enter(folder, name, label)
+            folder.close()
+            if inner is None:
+                return None
+            folder = inner
+        return folder
+
+    @contextlib.contextmanager
+    def opened(self, names: Iterable[str] = (), label: str | None = None) -> Iterator[Folder | None]:
+        """:meth:`folder` for a ``with`` block, closed at its end."""
+        folder = self.folder(names, label)
+        try:
+            yield folder
+        finally:
+            if folder is not None:
+                folder.close()
+
+    def enter(self, folder: Folder, name: str, label: str | None = None) -> Folder | None:
+        """The subdirectory ``name`` of ``folder``; None if it is not there,
+        is not a real directory (a symlink is never entered), or failed."""
+        try:
+            return folder.child(name)
+        except OSError as exc:
+            self.failed(exc, folder.join(name), label)
+            return None
+
+    def scan(self, folder: Folder, label: str | None = None) -> list[Entry]:
+        """The entries of ``folder``; [] if it is gone or failed."""
+        try:
+            return folder.scan()
+        except OSError as exc:
+            self.failed(exc, folder.path, label)
             return []
 
-    def lstat(self, entry: os.DirEntry[str], label: str | None = None) -> os.stat_result | None:
+    def lstat(self, entry: Entry, label: str | None = None) -> os.stat_result | None:
         try:
-            return entry.stat(follow_symlinks=False)
+            return entry.stat()
         except OSError as exc:
             self.failed(exc, entry.path, label)
             return None
 
-    def remove(self, path: str, label: str | None = None, *, same_as: os.stat_result | None = None) -> bool:
-        """Unlink ``path``; True if this call removed it.  With ``same_as``,
-        only if ``path`` is still that file (another process may have put a
-        good one in its place since it was judged)."""
+    # -- removing --------------------------------------------------------------
+    def remove(self, folder: Folder, name: str, label: str | None = None, *, same_as: os.stat_result | None = None) -> bool:
+        """Unlink ``name`` in ``folder``; True if this call removed it.  With
+        ``same_as``, only if it is still that file (another process may have
+        put a good one in its place since it was judged)."""
         try:
-            if same_as is not None:
-                return _fs.remove_if_same(path, same_as, budget=REMOVE_BUDGET)
-            return _fs.remove(path, budget=REMOVE_BUDGET)
+            return folder.unlink(name, budget=REMOVE_BUDGET, same_as=same_as)
         except OSError as exc:
-            self.failed(exc, path, label)
+            self.failed(exc, folder.join(name), label)
             return False
 
-    def rmtree(self, path: str, label: str | None = None) -> bool:
-        """Remove directory ``path`` (never following symlinks); True if it is gone."""
+    def rmtree(self, folder: Folder, name: str, label: str | None = None) -> bool:
+        """Remove the tree ``name`` in ``folder`` (never following symlinks); True if it is gone."""
         try:
-            _fs.rmtree(path, budget=REMOVE_BUDGET)
+            folder.rmtree(name, budget=REMOVE_BUDGET)
             return True
         except OSError as exc:
-            self.failed(exc, path, label)
-            return not present(path)
+            self.failed(exc, folder.join(name), label)
+            return not present(folder, name)
 
-    def rename(self, src: str, dst: str, label: str | None = None) -> bool | None:
-        """Rename; True if done, False if ``src`` was gone, None if it failed."""
+    def rmdir(self, folder: Folder, name: str) -> None:
+        """Remove the directory ``name`` if it is empty (a writer may be filling it again)."""
         try:
-            _fs.retry("rename", _osops.current.rename, src, dst, budget=REMOVE_BUDGET)
+            folder.rmdir(name)
+        except OSError:
+            pass
+
+    def move(self, folder: Folder, name: str, dest: Folder, new_name: str, label: str | None = None) -> bool | None:
+        """Rename into ``dest``; True if done, False if ``name`` was gone, None if it failed."""
+        try:
+            folder.move(name, dest, new_name, budget=REMOVE_BUDGET)
             return True
         except FileNotFoundError:
-            return False if not present(src) else None
+            return False if not present(folder, name) else None
         except OSError as exc:
-            self.failed(exc, src, label)
+            self.failed(exc, folder.join(name), label)
             return None
 
-    def survey(self, path: str) -> tuple[float, int]:
-        """Newest mtime and total file size under directory ``path``
-        (symlinks not followed; unreadable parts skipped)."""
-        ops = _osops.current
+    def survey(self, folder: Folder, name: str) -> tuple[float, int]:
+        """Newest mtime and total file size of the tree ``name`` in
+        ``folder`` (symlinks not followed; unreadable parts skipped).
+        Depth first: one open directory per level."""
         newest = 0.0
         size = 0
-        pending = [path]
         try:
-            newest = ops.lstat(path).st_mtime
+            newest = folder.lstat(name).st_mtime
+            stack: list[tuple[Folder, list[Entry]]] = [(folder.child(name), [])]
         except OSError:
             return newest, size
-        while pending:
-            directory = pending.pop()
-            try:
-                with ops.scandir(directory) as it:
-                    children = list(it)
-            except OSError:
-                continue
-            for child in children:
+        stack[0][1].extend(listing(stack[0][0]))
+        try:
+            while stack:
+                directory, entries = stack[-1]
+                if not entries:
+                    stack.pop()[0].close()
+                    continue
+                entry = entries.pop()
                 try:
-                    st = child.stat(follow_symlinks=False)
+                    st = entry.stat()
                 except OSError:
                     continue
                 newest = max(newest, st.st_mtime)
-                if _stat.S_ISDIR(st.st_mode):
-                    pending.append(child.path)
-                else:
+                if not _stat.S_ISDIR(st.st_mode):
                     size += st.st_size
+                    continue
+                try:
+                    inner = directory.child(entry.name)
+                except OSError:
+                    continue
+                stack.append((inner, listing(inner)))
+        finally:
+            for directory, _entries in stack:
+                directory.close()
         return newest, size
 
     def old(self, mtime: float) -> bool:
@@ -309,15 +368,18 @@ def bucket_dirs(run: Run, select: Iterable[str] | None = None) -> list[Dir]:
     only those ``select`` names (``name`` or ``name/vN``) when given."""
     wanted = None if select is None else _selection(select)
     out: list[Dir] = []
-    for entry in sorted(run.listdir(_layout.buckets_dir(run.root)), key=lambda e: e.name):
-        if not (_layout.valid_bucket_name(entry.name) and is_dir(entry)):
-            continue
-        if wanted is not None and entry.name not in wanted:
-            continue
-        only = wanted.get(entry.name) if wanted is not None else None
-        for version in _versions(run, entry):
-            if only is None or version in only:
-                out.append(Dir(run.root, entry.name, _layout.version_dir(version)))
+    with run.opened((_layout.BUCKETS,)) as buckets:
+        if buckets is None:
+            return out
+        for entry in sorted(run.scan(buckets), key=lambda e: e.name):
+            if not (_layout.valid_bucket_name(entry.name) and entry.is_dir()):
+                continue
+            if wanted is not None and entry.name not in wanted:
+                continue
+            only = wanted.get(entry.name) if wanted is not None else None
+            for version in _versions(run, buckets, entry.name):
+                if only is None or version in only:
+                    out.append(Dir(run.root, entry.name, _layout.version_dir(version)))
     return out
 
 
@@ -337,52 +399,64 @@ def _selection(select: Iterable[str]) -> dict[str, set[int] | None]:
     return wanted
 
 
-def _versions(run: Run, bucket: os.DirEntry[str]) -> list[int]:
+def _versions(run: Run, buckets: Folder, name: str) -> list[int]:
     """The versions of a bucket directory, sorted: exactly the directories
     Bucket names ("v" and the decimal version, no leading zeros, so no two
     directories mean one version)."""
     found: list[int] = []
-    for child in run.listdir(bucket.path):
-        version = _layout.parse_version_dir(child.name)
-        if version is not None and is_dir(child):
-            found.append(version)
+    bucket = run.enter(buckets, name)
+    if bucket is None:
+        return found
+    with bucket:
+        for child in run.scan(bucket):
+            version = _layout.parse_version_dir(child.name)
+            if version is not None and child.is_dir():
+                found.append(version)
     return sorted(found)
 
 
 def plan(run: Run, b: Dir) -> None:
     """List a bucket directory's shards (real directories only)."""
-    b.shards = shards(run, b.path, b.label)
-    b.tree_shards = shards(run, _layout.trees_dir(b.path), b.label)
+    with run.opened(b.parts, b.label) as vf:
+        if vf is None:
+            return
+        b.shards = shards(run, vf, b.label)
+        trees = run.enter(vf, _layout.TREES, b.label)
+        if trees is not None:
+            with trees:
+                b.tree_shards = shards(run, trees, b.label)
 
 
-def walk_shards(run: Run, b: Dir, *, trees: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """``(shard, entry)`` for every name in ``b``'s entry shards (``trees``:
-    its pointer shards) as :func:`plan` listed them, shard by shard; progress
-    ticks after each shard."""
-    top = _layout.trees_dir(b.path) if trees else b.path
-    for xx in b.tree_shards if trees else b.shards:
-        for entry in run.listdir(os.path.join(top, xx), b.label):
-            yield xx, entry
-        run.tick()
-
-
-def shards(run: Run, path: str, label: str) -> list[str]:
-    """The fan-out directories in ``path`` (real directories only), sorted."""
-    return sorted(entry.name for entry in run.listdir(path, label) if _layout.is_shard(entry.name) and is_dir(entry))
-
-
-def is_dir(entry: os.DirEntry[str]) -> bool:
+def walk_shards(run: Run, b: Dir, vf: Folder, *, trees: bool = False) -> Iterator[tuple[str, Folder, Entry]]:
+    """``(shard, its folder, entry)`` for every name in ``b``'s entry shards
+    (``trees``: its pointer shards) as :func:`plan` listed them, shard by
+    shard, in the bucket version folder ``vf``; each entry is valid during
+    its iteration.  Progress ticks after each shard."""
+    names = b.tree_shards if trees else b.shards
+    top = run.enter(vf, _layout.TREES, b.label) if trees and names else vf
     try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False
+        for xx in names:
+            shard = run.enter(top, xx, b.label) if top is not None else None
+            if shard is not None:
+                with shard:
+                    for entry in run.scan(shard, b.label):
+                        yield xx, shard, entry
+            run.tick()
+    finally:
+        if top is not None and top is not vf:
+            top.close()
 
 
-def present(path: str) -> bool:
-    """Whether ``path`` exists; True when that cannot be told (so nothing
-    is removed, and nothing counted as gone, on a guess)."""
+def shards(run: Run, folder: Folder, label: str) -> list[str]:
+    """The fan-out directories in ``folder`` (real directories only), sorted."""
+    return sorted(entry.name for entry in run.scan(folder, label) if _layout.is_shard(entry.name) and entry.is_dir())
+
+
+def present(folder: Folder, name: str) -> bool:
+    """Whether ``name`` exists in ``folder``; True when that cannot be told
+    (so nothing is removed, and nothing counted as gone, on a guess)."""
     try:
-        _osops.current.lstat(path)
+        folder.lstat(name)
         return True
     except (FileNotFoundError, NotADirectoryError):
         return False

@@ -51,6 +51,7 @@ from __future__ import annotations
 # would make each of them import the package that imports them.
 from safecache._osops import OsOps
 
+from ._emulator import WindowsOptions
 from ._faults import OPERATIONS, Call, ErrorSpec, FaultOps, inject_errors
 
 # The lock layout, which tests/test_testing.py checks against the kernel.
@@ -61,7 +62,8 @@ from ._handles import _ofd_conflict as _ofd_conflict
 from ._handles import _ofd_setlk as _ofd_setlk
 from ._handles import holding
 from ._install import disable_windows_semantics, enable_windows_semantics, windows_semantics
-from ._windows import WindowsOps, WindowsOptions
+from ._patch import patch_os
+from ._windows import WindowsOps
 
 # The Windows error numbers the emulator raises, and the NT statuses it puts
 # on an error 5 (``ntstatus``); importable from here, though not part of __all__.
@@ -94,5 +96,6 @@ __all__ = [
     "holding",
     "inject_errors",
     "make_oserror",
+    "patch_os",
     "windows_semantics",
 ]

@@ -4,7 +4,8 @@ The names Windows refuses or reads differently (reserved characters, a
 trailing dot or space, device names), rename without replacing (what
 ``MoveFileExW`` does without ``MOVEFILE_REPLACE_EXISTING``), and the hidden
 names under which classic delete keeps a file that is deleted while open
-("delete-pending") until its last handle closes.
+("delete-pending") until its last handle closes -- listed, as Windows lists
+it, under its own name.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import errno
 import functools
 import os
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from ._handles import _handles, _offsets
 
@@ -79,9 +80,9 @@ def _rename_noreplace(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
-def _pending(path: str) -> bool:
-    """Whether ``path`` names a file that was deleted while open and is
-    still open somewhere.
+def _pending_file(path: str) -> str | None:
+    """The file that ``path`` names while it is delete-pending: deleted
+    while open, and still open somewhere; None if there is none.
 
     Such a file lives on as ``<name>.~delete-pending-<hex>``; one whose
     handles have all closed is removed here, as Windows removes it when
@@ -92,17 +93,100 @@ def _pending(path: str) -> bool:
     try:
         entries = os.listdir(directory or ".")
     except OSError:
-        return False
-    pending = False
+        return None
+    found = None
     for entry in entries:
         if entry.startswith(prefix) and _PENDING not in entry[len(prefix) :]:
             zombie = os.path.join(directory, entry)
             if _handles(zombie).open:
-                pending = True
+                found = zombie
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(zombie)
-    return pending
+    return found
+
+
+def _pending(path: str) -> bool:
+    """Whether ``path`` names a delete-pending file (see :func:`_pending_file`)."""
+    return _pending_file(path) is not None
+
+
+def _listed(directory: str, name: str, seen: set[str]) -> str | None:
+    """The name under which a directory listing shows the entry ``name`` of
+    ``directory``: a delete-pending file under its own name (once), as the
+    classic delete leaves its directory entry in place; a pending file whose
+    handles have closed not at all (it is removed here)."""
+    if _PENDING not in name:
+        return name
+    zombie = os.path.join(directory, name)
+    if not _handles(zombie).open:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(zombie)
+        return None
+    original = name[: name.index(_PENDING)]
+    if original in seen:
+        return None
+    seen.add(original)
+    return original
+
+
+def _listdir(directory: str, names: list[str]) -> list[str]:
+    """``names`` (a listing of ``directory``) as Windows lists them."""
+    if not any(_PENDING in name for name in names):
+        return names
+    seen = {name for name in names if _PENDING not in name}
+    listed = (_listed(directory, name, seen) for name in names)
+    return [name for name in listed if name is not None]
+
+
+class _PendingEntry:
+    """An ``os.DirEntry`` of a delete-pending file, under its own name."""
+
+    def __init__(self, entry: os.DirEntry[str], name: str) -> None:
+        self._entry = entry
+        self.name = name
+        self.path = os.path.join(os.path.dirname(entry.path), name)
+
+    def __getattr__(self, attribute: str) -> Any:  # inode, is_dir, is_file, stat, ...
+        return getattr(self._entry, attribute)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"<DirEntry {self.name!r}>"
+
+
+class _Scandir:
+    """``os.scandir`` as Windows lists a directory (see :func:`_listed`)."""
+
+    def __init__(self, directory: str, entries: Any) -> None:
+        self._directory = directory
+        self._entries = entries
+        self._seen: set[str] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            entry = next(self._entries)
+            if _PENDING not in entry.name:
+                return entry
+            if self._seen is None:  # names listed before it could repeat it: look once
+                self._seen = {name for name in os.listdir(self._directory) if _PENDING not in name}
+            name = _listed(self._directory, entry.name, self._seen)
+            if name is not None:
+                return _PendingEntry(entry, name)
+
+    def close(self) -> None:
+        self._entries.close()
+
+    def __enter__(self) -> _Scandir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _reap(directory: str) -> None:

@@ -23,16 +23,22 @@ def _stream_seed(seed: int, owner_pid: int) -> str:
     choices would all be denied at the same step), and a stream that is the
     same on every run.  Process ids differ between runs, so a process started
     by ``multiprocessing`` is told apart by its name ("Process-3",
-    "ForkPoolWorker-2"), which follows the order processes were started in.
-    The process that made the object uses the seed alone; other forked
-    processes fall back to their pid.
+    "ForkPoolWorker-2"), which follows the order processes were started in,
+    and a pytest-xdist worker by its name ("gw3").  The process that made
+    the object uses the seed alone; other forked processes fall back to
+    their pid.
     """
     mp = sys.modules.get("multiprocessing")
     name = mp.current_process().name if mp is not None else "MainProcess"
     if name != "MainProcess":
         return f"{seed}/{name}"
     pid = os.getpid()
-    return f"{seed}" if pid == owner_pid else f"{seed}/pid-{pid}"
+    if pid != owner_pid:
+        return f"{seed}/pid-{pid}"
+    # An xdist worker made the emulator from the same options as its
+    # siblings (the plugin, SAFECACHE_EMULATE_WINDOWS): its name, gw0, gw1...
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{seed}/{worker}" if worker else f"{seed}"
 
 
 class _PerProcess:

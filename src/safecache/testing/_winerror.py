@@ -26,6 +26,7 @@ ERROR_INVALID_NAME = 123
 ERROR_DIR_NOT_EMPTY = 145
 ERROR_ALREADY_EXISTS = 183
 ERROR_DIRECTORY = 267
+ERROR_USER_MAPPED_FILE = 1224
 ERROR_PRIVILEGE_NOT_HELD = 1314
 
 # NT status codes behind a Windows error 5 (learn.microsoft.com, [MS-ERREF]
@@ -117,6 +118,7 @@ def _windows_error(
     reason: str,
     crt: bool = False,
     ntstatus: int | None = None,
+    crt_errno: int | None = None,
 ) -> OSError:
     """A Windows error raised by the emulator, saying which rule fired.
 
@@ -127,11 +129,15 @@ def _windows_error(
     ("PermissionError: [Errno 13] Permission denied" for a sharing
     violation).
 
+    ``crt_errno``: the errno a C runtime function sets itself rather than
+    derive from the code (``_chsize_s`` sets EACCES whatever SetEndOfFile
+    said).
+
     ``ntstatus``: the NT status behind the code, set as ``ntstatus`` where
     safecache's Windows code reads it (a share-delete open, never ``crt``).
     """
     if crt:
-        number = _WINERRORS.get(code, (errno.EINVAL, ""))[0]
+        number = crt_errno if crt_errno is not None else _WINERRORS.get(code, (errno.EINVAL, ""))[0]
         exc = OSError(number, os.strerror(number), path, None, path2)
     else:
         exc = make_oserror(WinError(code, ntstatus), path, path2)
