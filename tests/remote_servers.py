@@ -10,8 +10,8 @@ started by the test that needs it and stopped after.
   separate process that boto3 talks to exactly as to AWS; with
   ``authenticate=True`` it checks credentials (unknown keys are refused).
 
-And module-scoped fixtures over them (``nginx``, ``redis_server``,
-``moto_s3``) plus ``aws_env``, which gives a test fake AWS credentials and
+Tests make module-scoped fixtures of them (``test_remote_stores.py``
+shows how), and :func:`use_fake_aws` gives a test fake AWS credentials and
 shuts out the machine's own AWS configuration (and the instance metadata
 service: nothing leaves loopback).
 
@@ -121,19 +121,31 @@ def _binary(name: str, package: str) -> str:
 class Nginx:
     port: int
     root: Path
+    tls_port: int | None  # None without openssl to make a certificate
+    certificate: Path  # self-signed for 127.0.0.1: trust it with SSL_CERT_FILE
 
-    def url(self, location: str = "cache") -> str:
-        """``/cache`` is open, ``/basic`` wants
-        USER/PASSWORD, ``/token`` wants ``Bearer TOKEN``, ``/readonly``
-        allows no PUT, ``/small`` takes bodies up to 1 KiB, ``/broken``
-        answers 500."""
+    def url(self, location: str = "cache", *, tls: bool = False) -> str:
+        """``/cache`` is open, ``/basic`` wants USER/PASSWORD, ``/token``
+        wants ``Bearer TOKEN``, ``/readonly`` allows no PUT, ``/small``
+        takes bodies up to 1 KiB, ``/broken`` answers 500; the same over
+        TLS with ``tls=True``."""
+        if tls:
+            if self.tls_port is None:
+                pytest.skip("openssl is not installed: no certificate for the TLS server (apt-get install openssl)")
+            return f"https://127.0.0.1:{self.tls_port}/{location}"
         return f"http://127.0.0.1:{self.port}/{location}"
 
 
-def _nginx_conf(workdir: Path, root: Path, port: int) -> str:
+def _nginx_conf(workdir: Path, root: Path, port: int, tls_port: int | None) -> str:
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     temp = "\n".join(f"    {kind}_temp_path {workdir / kind};" for kind in kinds)
     dav = "dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 200m;"
+    tls = ""
+    if tls_port is not None:
+        tls = f"""
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {workdir / "cert.pem"};
+        ssl_certificate_key {workdir / "key.pem"};"""
     return f"""
 daemon off;
 master_process off;
@@ -145,7 +157,7 @@ http {{
     access_log off;
     keepalive_timeout 30s;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{tls}
         root {root};
         location /cache/ {{ {dav} }}
         location /basic/ {{ {dav} auth_basic "cache"; auth_basic_user_file {workdir / "htpasswd"}; }}
@@ -161,6 +173,22 @@ http {{
 """
 
 
+def _self_signed(workdir: Path) -> bool:
+    """A certificate and key for 127.0.0.1 in ``workdir``; False without openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return False
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(workdir / "key.pem")]
+        + ["-out", str(workdir / "cert.pem")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return True
+
+
 @contextmanager
 def run_nginx(workdir: Path) -> Iterator[Nginx]:
     nginx = _binary("nginx", "nginx-light")
@@ -169,13 +197,16 @@ def run_nginx(workdir: Path) -> Iterator[Nginx]:
         (root / location).mkdir(parents=True, exist_ok=True)
     (workdir / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     conf = workdir / "nginx.conf"
+    tls = _self_signed(workdir)
+    ports: dict[int, int | None] = {}
 
     def command(port: int) -> list[str]:
-        conf.write_text(_nginx_conf(workdir, root, port))
+        ports[port] = free_port() if tls else None
+        conf.write_text(_nginx_conf(workdir, root, port, ports[port]))
         return [nginx, "-e", str(workdir / "nginx.log"), "-p", str(workdir), "-c", str(conf)]
 
     with _serve("nginx", workdir, command) as port:
-        yield Nginx(port, root)
+        yield Nginx(port, root, ports[port], workdir / "cert.pem")
 
 
 # -- redis --------------------------------------------------------------------------------------
@@ -317,32 +348,12 @@ def canned_http(response: bytes) -> Iterator[int]:
         listener.close()
 
 
-# -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+# -- the test's AWS environment ------------------------------------------------------------------
+def use_fake_aws(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Give the test fake AWS credentials and shut out the machine's own AWS
+    configuration, endpoints and instance metadata (nothing leaves loopback)."""
     for name in _AWS_UNSET:
         monkeypatch.delenv(name, raising=False)
     for name, value in FAKE_AWS.items():
         monkeypatch.setenv(name, value)
     return dict(FAKE_AWS)
-
-
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    with run_nginx(tmp_path_factory.mktemp("nginx")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    pytest.importorskip("redis", reason="redis-py is not installed (pip install 'safecache[redis]')")
-    with run_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'safecache[s3]')")
-    with run_moto(tmp_path_factory.mktemp("moto")) as server:
-        create_bucket(server)
-        yield server

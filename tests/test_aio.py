@@ -426,7 +426,36 @@ def test_a_cancelled_open_closes_the_stream_it_opened(bucket: safecache.Bucket, 
     assert opened and opened[0].closed
 
 
-def test_worker_pools_are_safecaches_own_and_small() -> None:
-    assert _aio.IO_THREADS <= 8 and _aio.LOCK_THREADS >= _aio.IO_THREADS
-    pool = _aio._pool("io")
-    assert pool is _aio._pool("io") and pool is not _aio._pool("lock")
+def test_the_io_pool_is_safecaches_own_and_small() -> None:
+    assert _aio.IO_THREADS <= 8
+    pool = _aio._pool()
+    assert pool is _aio._pool()
+    assert run(_aio._in_thread(lambda: threading.current_thread().name)).startswith("safecache-aio-io")
+
+
+def test_a_process_exits_promptly_while_a_cancelled_wait_goes_on(tmp_path: Path) -> None:
+    """Another process holds the lock; this one's wait is cancelled and the
+    program ends.  The waiting thread must not keep the interpreter alive
+    until the lock timeout (pools' threads are joined at exit)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "cache"
+    holder = safecache.Cache(root).bucket("aio").lock("k")
+    assert holder.__enter__() is True
+    code = (
+        "import asyncio, safecache\n"
+        f"bucket = safecache.Cache({str(root)!r}, lock_timeout=600).bucket('aio')\n"
+        "async def main():\n"
+        "    task = asyncio.create_task(bucket.aio.get_or_create('k', None))\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    task.cancel()\n"
+        "asyncio.run(main())\n"
+        "print('done')\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    finally:
+        holder.__exit__(None, None, None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"

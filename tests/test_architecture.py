@@ -44,6 +44,10 @@ LAYERS: dict[str, int] = {
     "_link": 5,
     "_compute": 5,
     "_trust": 5,
+    "_remote": 5,
+    "_remote_http": 5,
+    "_remote_redis": 5,
+    "_remote_s3": 5,
     # 6: the store
     "_bucket": 6,
     "_write": 6,

@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -672,7 +673,7 @@ def test_last_trim_is_never_until_a_trim_ran(tmp_path: Path) -> None:
     assert "last trim:  never" in run_cli("info", "--cache-dir", str(root)).stdout
     assert run_json("info", "--cache-dir", str(root))["last_trim"] is None
     maintenance.trim(safecache.Cache(root, auto_trim=False))
-    assert "last trim:  0 s ago" in run_cli("info", "--cache-dir", str(root)).stdout
+    assert re.search(r"^last trim:  \d+ s ago$", run_cli("info", "--cache-dir", str(root)).stdout, re.M)
 
 
 @pytest.mark.parametrize(

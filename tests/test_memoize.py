@@ -82,7 +82,8 @@ def test_varargs_and_kwargs_are_part_of_the_key(bucket: safecache.Bucket) -> Non
         return [list(args), kwargs]
 
     assert f(1, 2, x=3) == [[1, 2], {"x": 3}]
-    assert f.cache_key(1, 2, x=3) == f.cache_key(1, 2, **{"x": 3})
+    options = {"x": 3}
+    assert f.cache_key(1, 2, x=3) == f.cache_key(1, 2, **options)
     assert f.cache_key(1, 2) != f.cache_key(1, 2, x=3) != f.cache_key(1, 2, y=3)
 
 
@@ -204,7 +205,7 @@ def test_a_key_function_says_what_identifies_a_call(bucket: safecache.Bucket) ->
     assert f("a.py", {"x", "y"}) == 2
     assert f("a.py", {"y", "x"}) == 2
     assert len(seen) == 1
-    ident, user_key = f.cache_key("a.py", {"x"})  # type: ignore[misc]
+    _ident, user_key = f.cache_key("a.py", {"x"})  # type: ignore[misc]
     assert user_key == ("a.py", ["x"])
 
 

@@ -24,18 +24,56 @@ from pathlib import Path
 
 import pytest
 from fault_proxy import FaultProxy
-from remote_servers import PASSWORD, TOKEN, USER, canned_http, dead_port, run_moto, run_redis
+from remote_servers import (
+    PASSWORD,
+    TOKEN,
+    USER,
+    Moto,
+    Nginx,
+    Redis,
+    canned_http,
+    create_bucket,
+    dead_port,
+    run_moto,
+    run_nginx,
+    run_redis,
+    use_fake_aws,
+)
 
 from safecache._remote import CAUSES, RemoteError, RemoteStore, open_remote
-
-#: The servers' fixtures: nginx, redis_server, moto_s3, aws_env.
-pytest_plugins = ("remote_servers",)
 
 CONNECT_TIMEOUT = 2.0
 TIMEOUT = 10.0  # for the tests where nothing should time out: a loaded CI machine is slow
 FAULT_TIMEOUT = 0.5  # where something must
 GENEROUS = 10  # how many times the configured timeouts a failure may take (never a tight bound)
 KiB, MiB = 1024, 1024 * 1024
+
+
+# -- the servers, one of each per module ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    with run_nginx(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install 'safecache[redis]')")
+    with run_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'safecache[s3]')")
+    with run_moto(tmp_path_factory.mktemp("moto")) as server:
+        create_bucket(server)
+        yield server
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    return use_fake_aws(monkeypatch)
 
 
 @dataclass
@@ -295,8 +333,8 @@ def test_a_slow_server_within_the_timeout_still_works(target: Target) -> None:
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
-def test_http_basic_auth_from_the_environment(nginx: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = nginx.url("basic")  # type: ignore[attr-defined]
+def test_http_basic_auth_from_the_environment(nginx: Nginx, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = nginx.url("basic")
     assert failure(lambda: remote_at(url).get(fresh(), max_size=10))[0].cause == "auth"
     monkeypatch.setenv("SAFECACHE_REMOTE_USER", USER)
     monkeypatch.setenv("SAFECACHE_REMOTE_PASSWORD", "wrong-password")
@@ -307,9 +345,9 @@ def test_http_basic_auth_from_the_environment(nginx: object, monkeypatch: pytest
     assert remote_at(url).get(name, max_size=100) == b"behind basic auth"
 
 
-def test_http_basic_auth_from_the_url_wins_and_never_shows(nginx: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_basic_auth_from_the_url_wins_and_never_shows(nginx: Nginx, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFECACHE_REMOTE_PASSWORD", "wrong-password")
-    port = nginx.port  # type: ignore[attr-defined]
+    port = nginx.port
     remote = remote_at(f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/basic")
     name = fresh()
     remote.put(name, b"x")
@@ -320,8 +358,8 @@ def test_http_basic_auth_from_the_url_wins_and_never_shows(nginx: object, monkey
     assert error.cause == "auth" and PASSWORD not in str(error)
 
 
-def test_http_bearer_token_from_the_environment(nginx: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = nginx.url("token")  # type: ignore[attr-defined]
+def test_http_bearer_token_from_the_environment(nginx: Nginx, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = nginx.url("token")
     monkeypatch.setenv("SAFECACHE_REMOTE_TOKEN", "not-the-token-at-all")
     error, _ = failure(lambda: remote_at(url).get(fresh(), max_size=10))
     assert error.cause == "auth" and "not-the-token" not in str(error)
@@ -331,12 +369,27 @@ def test_http_bearer_token_from_the_environment(nginx: object, monkeypatch: pyte
     assert remote_at(url).get(name, max_size=100) == b"behind a token"
 
 
+def test_https_round_trip_with_a_trusted_certificate(nginx: Nginx, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = nginx.url(tls=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(nginx.certificate))  # OpenSSL's own way to trust a CA
+    remote = remote_at(url)
+    name = fresh()
+    remote.put(name, b"over TLS")
+    assert remote.get(name, max_size=100) == b"over TLS"
+
+
+def test_https_with_a_certificate_that_does_not_verify_is_a_remote_error(nginx: Nginx) -> None:
+    url = nginx.url(tls=True)
+    error, _ = failure(lambda: remote_at(url).get(fresh(), max_size=100))
+    assert error.cause == "protocol" and "certificate" in str(error).lower()
+
+
 @pytest.mark.parametrize(
     ("location", "cause"),
     [("readonly", "not-allowed"), ("small", "full"), ("broken", "server-error")],
 )
-def test_http_refusals_have_their_cause(nginx: object, location: str, cause: str) -> None:
-    remote = remote_at(nginx.url(location))  # type: ignore[attr-defined]
+def test_http_refusals_have_their_cause(nginx: Nginx, location: str, cause: str) -> None:
+    remote = remote_at(nginx.url(location))
     assert failure(lambda: remote.put(fresh("cas"), os.urandom(4 * KiB)))[0].cause == cause
 
 
@@ -404,9 +457,9 @@ def test_redis_read_only_replica_is_not_allowed(tmp_path: Path) -> None:
         assert failure(lambda: remote.put(fresh(), b"x"))[0].cause == "not-allowed"
 
 
-def test_redis_keys_are_prefix_and_name_in_the_database(redis_server: object) -> None:
+def test_redis_keys_are_prefix_and_name_in_the_database(redis_server: Redis) -> None:
     redis = pytest.importorskip("redis")
-    port = redis_server.port  # type: ignore[attr-defined]
+    port = redis_server.port
     name = fresh()
     remote_at(f"redis://127.0.0.1:{port}/5/team/proj", timeout=5).put(name, b"v")
     client = redis.Redis(port=port, db=5)
@@ -427,23 +480,23 @@ def test_s3_bad_credentials_are_auth(tmp_path: Path, aws_env: dict[str, str]) ->
 
 
 def test_s3_no_credentials_at_all_is_auth(
-    moto_s3: object, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    moto_s3: Moto, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    remote = remote_at(moto_s3.url(), timeout=5)  # type: ignore[attr-defined]
+    remote = remote_at(moto_s3.url(), timeout=5)
     assert failure(lambda: remote.get(fresh(), max_size=10))[0].cause == "auth"
 
 
-def test_s3_a_missing_bucket_is_a_bad_url(moto_s3: object, aws_env: dict[str, str]) -> None:
-    remote = remote_at(moto_s3.url(bucket="no-such-bucket"), timeout=5)  # type: ignore[attr-defined]
+def test_s3_a_missing_bucket_is_a_bad_url(moto_s3: Moto, aws_env: dict[str, str]) -> None:
+    remote = remote_at(moto_s3.url(bucket="no-such-bucket"), timeout=5)
     assert failure(lambda: remote.put(fresh(), b"x"))[0].cause == "bad-url"
 
 
 def test_s3_endpoint_from_aws_endpoint_url(
-    moto_s3: object, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    moto_s3: Moto, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)  # type: ignore[attr-defined]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
     remote = remote_at("s3://safecache-test/from-env", timeout=5)
     name = fresh()
     remote.put(name, b"through AWS_ENDPOINT_URL")

@@ -196,7 +196,7 @@ def worker(
     rng = random.Random(seed)
     result: dict[str, Any] = {"under": under, "exceptions": 0, "wrong": 0, "hits": 0, "warnings": 0, "samples": []}
     client = make_client(backend, directory)
-    start.wait(60)
+    start.wait(300)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(n_requests):
@@ -225,6 +225,7 @@ def _child(queue: Any, *args: Any) -> None:
     try:
         queue.put(worker(*args))
     except BaseException as exc:  # noqa: BLE001 -- reported by the parent
+        args[-1].abort()  # the start barrier: nobody waits for this worker
         queue.put({"crash": f"{type(exc).__name__}: {exc}"})
 
 
@@ -234,7 +235,8 @@ def run_side(
     """One backend's run: ``processes`` clients at once on a fresh directory."""
     directory = tempfile.mkdtemp(prefix=f"hishel-trial-{backend}-")
     ctx = multiprocessing.get_context("spawn")
-    queue, start = ctx.Queue(), ctx.Event()
+    # Every client is made (imports done) before the clock starts.
+    queue, start = ctx.Queue(), ctx.Barrier(processes + 1)
     origin.reset()
     options = {"transient_denials": denials, "seed": seed} if denials else None
     procs = [
@@ -247,9 +249,11 @@ def run_side(
     try:
         for p in procs:
             p.start()
-        time.sleep(0.5)
+        try:
+            start.wait(300)
+        except threading.BrokenBarrierError:
+            pass  # a worker crashed: its report says why
         began = time.perf_counter()
-        start.set()
         results = [queue.get(timeout=900) for _ in procs]
         elapsed = time.perf_counter() - began
         for p in procs:

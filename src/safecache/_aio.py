@@ -1,8 +1,8 @@
 """The async facade of a bucket: ``bucket.aio`` (docs/async.md).
 
 Every method does its file-system work in a worker thread, so the event
-loop never waits for a disk, a retry budget or a lock.  The threads belong
-to two small pools of safecache's own, not to the loop's default executor:
+loop never waits for a disk, a retry budget or a lock.  The threads are
+safecache's own, not the loop's default executor's:
 
 * the **I/O pool** (``IO_THREADS``) runs gets, puts, opens and reads.
   The default executor is the application's (``asyncio.to_thread``, and
@@ -11,9 +11,11 @@ to two small pools of safecache's own, not to the loop's default executor:
   server gone away) must not starve it, and the application's work must
   not delay the cache.  Disk work does not get faster with more threads
   than a few, so the pool is small.
-* the **lock pool** (``LOCK_THREADS``) only waits for cross-process locks.
-  A wait can last as long as another process computes a value; kept apart,
-  waits never hold up a get.
+* a **wait for a cross-process lock** runs in a daemon thread of its own.
+  A wait can last as long as another process computes a value (up to the
+  lock timeout): kept apart, waits never hold up a get, and a wait that
+  was cancelled never delays the interpreter's exit (a pool's threads are
+  joined at exit; if the process ends holding the lock, the OS releases it).
 
 Compute-once has two levels: coroutines of one process asking for the same
 key take turns on an ``asyncio.Lock`` (no thread is spent on a wait inside
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
 
 #: Threads for file-system calls, shared by every bucket of the process.
 IO_THREADS = 8
-#: Threads for waits on cross-process locks (more waiters queue for a thread).
-LOCK_THREADS = 32
 #: Size of the chunks ``async for chunk in stream`` yields.
 CHUNK = 1 << 20
 
@@ -61,15 +61,32 @@ _pools: dict[str, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(name: str) -> ThreadPoolExecutor:
+def _pool(name: str = "io") -> ThreadPoolExecutor:
     pool = _pools.get(name)
     if pool is None:
         with _pools_lock:
             pool = _pools.get(name)
             if pool is None:
-                size = IO_THREADS if name == "io" else LOCK_THREADS
-                pool = _pools[name] = ThreadPoolExecutor(size, thread_name_prefix=f"safecache-aio-{name}")
+                pool = _pools[name] = ThreadPoolExecutor(IO_THREADS, thread_name_prefix=f"safecache-aio-{name}")
     return pool
+
+
+def _in_daemon(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    """Run ``fn`` in a new daemon thread (for waits: see the module's doc)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name="safecache-aio-lock", daemon=True).start()
+    return future
 
 
 def _forget_pools() -> None:
@@ -83,12 +100,13 @@ if hasattr(os, "register_at_fork"):
 
 
 async def _in_thread(
-    fn: Callable[..., T], *args: Any, pool: str = "io", undo: Callable[[T], object] | None = None, **kwargs: Any
+    fn: Callable[..., T], *args: Any, wait: bool = False, undo: Callable[[T], object] | None = None, **kwargs: Any
 ) -> T:
-    """``fn(*args, **kwargs)`` in a worker thread of ``pool``.  If the caller
-    is cancelled while the call is under way, ``undo(result)`` runs (in the
-    I/O pool) once the call has finished, if it succeeded."""
-    future: Future[T] = _pool(pool).submit(fn, *args, **kwargs)
+    """``fn(*args, **kwargs)`` in a worker thread of the I/O pool (``wait``:
+    in a daemon thread of its own).  If the caller is cancelled while the
+    call is under way, ``undo(result)`` runs (off the loop's thread) once
+    the call has finished, if it succeeded."""
+    future: Future[T] = _in_daemon(fn, *args, **kwargs) if wait else _pool().submit(fn, *args, **kwargs)
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
@@ -101,7 +119,10 @@ def _undo_after(done: Future[T], undo: Callable[[T], object]) -> None:
     if done.cancelled() or done.exception() is not None:
         return  # never ran, or failed: nothing to undo
     result = done.result()
-    _pool("io").submit(undo, result)  # not on the loop's thread (this may run there)
+    try:
+        _pool().submit(undo, result)  # not on the loop's thread (this may run there)
+    except RuntimeError:  # the interpreter is shutting down: no new pool work
+        undo(result)
 
 
 class AsyncReader:
@@ -182,7 +203,7 @@ class AsyncLock:
     async def __aenter__(self) -> bool:
         if self._held is not None:
             raise RuntimeError("this lock is already held: aio.lock() is not re-entrant")
-        lock, held = await _in_thread(self._take, pool="lock", undo=_release)
+        lock, held = await _in_thread(self._take, wait=True, undo=_release)
         self._held = lock
         return held
 
@@ -305,8 +326,8 @@ class AsyncBucket:
             async with bucket.aio.lock(key) as held:
                 ...
 
-        The wait runs in a thread of the lock pool; a cancelled wait releases
-        the lock if the thread takes it after all."""
+        The wait runs in a thread of its own; a cancelled wait releases the
+        lock if the thread takes it after all."""
         return AsyncLock(self.bucket, key, timeout)
 
     async def get_or_create(

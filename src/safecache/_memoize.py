@@ -44,7 +44,7 @@ class Codec:
     ``loads(bytes) -> value``; ``name`` is part of every key, so entries of
     one codec are never decoded by another."""
 
-    __slots__ = ("name", "dumps", "loads")
+    __slots__ = ("dumps", "loads", "name")
 
     def __init__(self, name: str, dumps: Callable[[Any], Any], loads: Callable[[bytes], Any]) -> None:
         self.name = name
@@ -168,7 +168,7 @@ class _Plan:
     first call: the identity string, and a function from the call's
     ``(args, kwargs)`` to the key."""
 
-    __slots__ = ("ident", "make_key", "bind", "names", "receiver", "codec")
+    __slots__ = ("bind", "codec", "ident", "make_key", "names", "receiver")
 
     def __init__(self, memo: Memoized[Any, Any]) -> None:
         import inspect
@@ -259,7 +259,8 @@ class Memoized(Generic[P, R]):
     Exceptions from the function propagate and nothing is stored; a value
     the codec cannot encode raises ``TypeError``; an argument that cannot be
     part of a key raises ``TypeError`` naming it.  A cache that is disabled
-    or read-only never stops the call: the function runs.
+    or read-only never stops the call: the function runs (in strict mode a
+    read-only cache raises ``CacheReadOnlyError``, as ``get_or_create`` does).
     """
 
     def __init__(
@@ -318,7 +319,7 @@ class Memoized(Generic[P, R]):
         if data is not None:
             try:
                 return self._loads(data)  # type: ignore[no-any-return]
-            except Exception as exc:  # noqa: BLE001 - any decoder's failure: recompute
+            except Exception as exc:
                 return self._undecodable(key, args, kwargs, exc)
         return self._compute(key, args, kwargs)
 
@@ -339,7 +340,7 @@ class Memoized(Generic[P, R]):
     def _encode(self, codec: Codec, value: object) -> bytes:
         try:
             data = codec.dumps(value)
-        except Exception as exc:  # noqa: BLE001 - json's ValueError (a cycle), pickle's PicklingError...
+        except Exception as exc:
             raise TypeError(
                 f"{self._qualname}() returned a value the {codec.name} codec cannot encode: {exc}"
             ) from exc

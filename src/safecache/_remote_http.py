@@ -43,10 +43,11 @@ from ._remote import (
 _CHUNK = 256 * 1024
 _POOL = 8  # idle connections kept: more threads than this open more, then close the extra
 _DRAIN = 64 * 1024  # an error body longer than this costs the connection, not the time to read it
-_STATUS_CAUSES = {401: "auth", 403: "auth", 405: "not-allowed", 501: "not-allowed", 413: "full", 507: "full"}
-# 409: a WebDAV server (Apache mod_dav) answers it to a PUT whose parent collection is
-# missing; nginx without create_full_put_path answers 500, which says nothing more.
-_HINTS = {409: "not-allowed", 411: "protocol"}
+#: Other 4xx are "protocol" (a 3xx too: a redirect could carry credentials elsewhere), 5xx "server-error".
+#: 409: a WebDAV server (Apache mod_dav) answers it to a PUT whose parent collection is missing
+#: (nginx without create_full_put_path answers 500, which says nothing more).
+_STATUS_CAUSES = {401: "auth", 403: "auth", 405: "not-allowed", 409: "not-allowed", 501: "not-allowed"}
+_STATUS_CAUSES.update({413: "full", 507: "full"})
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
@@ -148,10 +149,9 @@ class HTTPStore(RemoteStore):
         if method == "DELETE" and status in (200, 202, 204, 404):
             _drain(response)
             return None
-        cause = _STATUS_CAUSES.get(status) or _HINTS.get(status) or ("server-error" if status >= 500 else "protocol")
+        cause = _STATUS_CAUSES.get(status) or ("server-error" if status >= 500 else "protocol")
         reason = " ".join(str(response.reason).split())[:80]
-        hint = " (nginx: create_full_put_path on?)" if status == 409 else ""
-        _drain(response)
+        hint = " (a WebDAV server that does not create directories?)" if status == 409 else ""
         raise self._error(cause, f"{method} {name}: HTTP {status} {reason}{hint}")
 
     def _read_body(self, name: str, response: http.client.HTTPResponse, max_size: int) -> bytes:
