@@ -179,7 +179,7 @@ def _user(root: str, n: int, seconds: float, prefilled: list[str], trees: bool, 
         bucket = cache.bucket("data", 1)
         own = [f"w{n}-{k}" for k in range(10)]
         shared = [f"s{k}" for k in range(5)]
-        dest = tempfile.mkdtemp(prefix=f"place-{n}-")
+        dest = tempfile.mkdtemp(prefix=f"place-{n}-", dir=os.path.dirname(root))  # inside the test's tmp_path
         ready.put(n)
         deadline = time.monotonic() + seconds
         seq = 0
