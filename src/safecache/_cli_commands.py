@@ -79,9 +79,13 @@ def _open_cache(args: argparse.Namespace, source: CacheSource | None) -> tuple[C
             raise TypeError(f"cache must be a safecache.Cache or a callable returning one, not {type(given).__name__}")
         if cache_dir is None:
             return given, False
+        # The tool's own cache, moved: every setting but the location
+        # (its trust mode and its variable's name included, so doctor checks
+        # the right rules and names the right variable).
         cache = Cache(
             cache_dir,
             app_name=given.app_name,
+            env_var=given.env_var,
             durable=given.durable,
             retry_budget=given.retry_budget,
             lock_timeout=given.lock_timeout,
@@ -89,6 +93,7 @@ def _open_cache(args: argparse.Namespace, source: CacheSource | None) -> tuple[C
             max_age=given.max_age,
             trim_interval=given.trim_interval,
             auto_trim=False,
+            shared=given.shared,
         )
         owned = True
     if cache_dir and cache.path is not None:
