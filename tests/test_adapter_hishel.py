@@ -14,6 +14,7 @@ import asyncio
 import errno
 import gc
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -22,9 +23,10 @@ import sys
 import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -95,7 +97,10 @@ def test_the_storages_are_hishels_base_classes(bucket: safecache.Bucket) -> None
 
 
 def test_without_hishel_the_import_error_names_the_extra() -> None:
-    code = "import sys; sys.modules['hishel'] = None\ntry:\n import safecache.adapters.hishel\nexcept ImportError as e: print(e)"
+    code = (
+        "import sys\nsys.modules['hishel'] = None\n"
+        "try:\n import safecache.adapters.hishel\nexcept ImportError as e: print(e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'safecache[hishel]'" in out
 
@@ -492,7 +497,9 @@ def test_an_async_stream_closed_early_stores_nothing(bucket: safecache.Bucket) -
 
 
 # -- hishel's own storage tests ----------------------------------------------------------------------------------
-HISHEL_VERSION = "2.0.0"
+#: The tests of the release installed (the test extra pins 2.0.0, which the
+#: exclusions below are written for).
+HISHEL_VERSION = importlib.metadata.version("hishel")
 PEER_FILES = [
     "tests/_core/_sync/test_sqlite_storage.py",
     "tests/_core/_async/test_sqlite_storage.py",
@@ -537,7 +544,7 @@ EXCLUDED: dict[str, list[str]] = {
         "tests/test_sync_httpx.py::test_unsafe_request_still_succeeds_when_the_database_is_locked",
         "tests/test_async_httpx.py::test_unsafe_request_still_succeeds_when_the_database_is_locked",
     ],
-    "count rows that SQLite keeps through its soft-delete grace period, or expect a stalled reader to fail when it ends": [
+    "count rows SQLite keeps through its soft-delete grace period, or expect a stalled reader to fail then": [
         *(f"{f}::{t}" for f in _BOTH for t in (
             "test_ttl_hides_then_next_write_deletes",
             "test_remove_hides_immediately_and_is_deleted_after_grace",
@@ -565,8 +572,8 @@ def test_hishels_own_storage_tests_pass(tmp_path: Path, stress: bool) -> None:
     finally:
         sys.path.remove(str(ROOT / "tests"))
     source = fetch.unpacked("hishel", HISHEL_VERSION, tmp_path / "sdist")
-    if source is None:
-        pytest.skip(f"hishel {HISHEL_VERSION}'s sdist cannot be fetched (no network?)")
+    if source is None:  # CI has the network: there, not running them is a failure
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"hishel {HISHEL_VERSION}'s sdist cannot be fetched")
     files_ = PEER_FILES + (["tests/test_requests.py"] if stress else [])
     deselect = [arg for ids in EXCLUDED.values() for node in ids for arg in ("--deselect", node)]
     env = {
@@ -579,7 +586,7 @@ def test_hishels_own_storage_tests_pass(tmp_path: Path, stress: bool) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "safecache_hishel_peer",
          "--basetemp", str(tmp_path / "basetemp"), "-k", "not redis", *deselect, *files_],
-        cwd=source, env=env, capture_output=True, text=True, timeout=900,
+        cwd=source, env=env, capture_output=True, text=True, timeout=900, check=False,
     )
     tail = done.stdout[-6000:] + done.stderr[-3000:]
     assert done.returncode == 0, tail
@@ -605,7 +612,7 @@ def test_eight_processes_under_transient_denials_get_no_exception_and_no_wrong_r
         [sys.executable, str(ROOT / "bench" / "trials" / "hishel.py"), "--processes", "8", "--requests", "30",
          "--urls", "8", "--period", "1", "--denials", "0.05", "--latency-repeat", "0", "--sides", sides,
          "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -28,8 +28,7 @@ import pytest
 
 import safecache
 from safecache import _osops
-from safecache.testing import WindowsOps, holding, inject_errors, patch_os, windows_semantics
-from safecache.testing import _environ
+from safecache.testing import WindowsOps, _environ, holding, inject_errors, patch_os, windows_semantics
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the emulator needs Linux OFD locks")
 
@@ -394,7 +393,9 @@ def test_without_the_variable_importing_safecache_imports_no_testing_code(value:
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])
 def test_the_variable_can_say_off(value: str) -> None:
-    child = _python("import os, safecache; print(safecache._osops.current is safecache._osops.real, os.open.__module__)", value)
+    child = _python(
+        "import os, safecache; print(safecache._osops.current is safecache._osops.real, os.open.__module__)", value
+    )
     assert child.stdout.split() == ["True", "posix"], child.stderr
 
 

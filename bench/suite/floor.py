@@ -54,7 +54,7 @@ from .common import (
 )
 
 TITLE = "2. Per-operation floor: get/put of 1 KiB, 64 KiB, 1 MiB against the system calls"
-HEADER = 48  # safecache's entry header: the floor's files get the same size
+HEADER = 80  # safecache's entry header region (64 bytes, then the stored key): the floor's files get the same size
 OPS = ("get", "put_new", "put_over", "put_same")
 OP_LABELS = {
     "get": "get (hit)",

@@ -146,7 +146,11 @@ def run(ctx: Ctx) -> dict[str, Any]:
                             continue
                         fn, *args = group[name]
                         raw[name].append(fn(*args))
-                if os.path.getsize(entry) != size + 48:
+                with open(entry, "rb") as stored:
+                    from safecache import _format
+
+                    offset = _format.parse_header(stored.read(1 << 16), None).offset
+                if os.path.getsize(entry) != size + offset:
                     raise RuntimeError("put_stream did not store the whole value")
                 for path in (entry, floor_dst, cp_dst):
                     if os.path.exists(path):

@@ -3,8 +3,8 @@
 Two caches on the same file system: a *small* one of 1,000 entries and a
 *big* one that grows through 10,000 and 100,000 to 1,000,000 entries
 (``--quick``: to 100,000), both of 1 KiB values.  Entries are written
-directly in the documented format (docs/format.md: the 48-byte header,
-then the payload) on 4 threads, at the path ``bucket.path_for(key)`` gives,
+directly in the documented format (docs/format.md: entry format 1, which
+safecache still reads: the 48-byte header, then the payload) on 4 threads, at the path ``bucket.path_for(key)`` gives,
 with use times (mtimes) spread over 20 days so that a trim has an order to
 follow.  Free space and inodes are checked first; the largest size is
 reduced (and the report says so) when the disk cannot hold it.

@@ -77,7 +77,7 @@ def _serve(port_out: Any, counts: Any, period: float, stop: Any) -> None:
         def log_message(self, *args: object) -> None:  # quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             kind, _, number = self.path.strip("/").partition("/")
             if kind not in ("u", "fresh") or not number.isdigit():
                 self.send_error(404)
@@ -319,9 +319,8 @@ def table(sides: list[dict[str, Any]], latency: dict[str, Any] | None) -> str:
         lines.append("| hit latency (median) | 1 KiB | 256 KiB |")
         lines.append("|---|---|---|")
         for backend in BACKENDS:
-            lines.append(
-                f"| {LABELS[backend]} | {latency[f'{backend} 1 KiB'] * 1e6:.0f} µs | {latency[f'{backend} 256 KiB'] * 1e6:.0f} µs |"
-            )
+            small, large = latency[f"{backend} 1 KiB"] * 1e6, latency[f"{backend} 256 KiB"] * 1e6
+            lines.append(f"| {LABELS[backend]} | {small:.0f} µs | {large:.0f} µs |")
         lines.append(f"| ratio safecache / peer | {latency['ratio 1 KiB']:.2f} | {latency['ratio 256 KiB']:.2f} |")
     for side in sides:
         for sample in side["crashes"] + side["samples"]:

@@ -13,7 +13,12 @@ from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
 
 if TYPE_CHECKING:
-    from typing import IO, Callable, Iterable, Iterator, Union
+    from typing import IO, Callable, Iterable, Iterator, ParamSpec, TypeVar, Union, overload
+
+    from ._memoize import Memoized
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
     from ._aio import AsyncBucket
     from ._cache import Cache
@@ -366,17 +371,7 @@ class Bucket:
         """Record a use of ``key``'s entry now (trimming is least recently used
         first; reads record use at most once an hour).  False if there is no
         entry.  Since 0.2."""
-        if self.directory is None or self.cache.state is not READY:
-            return False
-        _digest, path = self._locate(key)
-        try:
-            _fs.touch(path)
-            return True
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self.counters.error(self.cache._failed("touch", exc, path))
-            return False
+        return _write.touch(self, key)
 
     def delete(self, key: Key) -> bool:
         """Remove ``key``'s entry.  True if one was removed; False if there was
@@ -557,12 +552,29 @@ class Bucket:
         its store to worker processes).  Since 0.2."""
         return (_reopen_bucket, (self.cache, self.name, self.version))
 
-    def memoize(self, codec: object = "json", **options: object) -> Callable[[Callable[..., object]], Callable[..., object]]:
-        """Decorate a function or method so its results are cached in this
-        bucket (see docs/memoize.md).  Since 0.2."""
+    if TYPE_CHECKING:
+
+        @overload
+        def memoize(self, fn: Callable[P, R], /, *, codec: object = "json", ttl: float | None = None,
+                    key: Callable[..., object] | None = None, source: bool = True) -> Memoized[P, R]: ...
+        @overload
+        def memoize(self, codec: str = "json", /, *, ttl: float | None = None,
+                    key: Callable[..., object] | None = None, source: bool = True
+                    ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
+        @overload
+        def memoize(self, /, *, codec: object = "json", ttl: float | None = None,
+                    key: Callable[..., object] | None = None, source: bool = True
+                    ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
+
+    def memoize(self, fn: object = None, /, *, codec: object = None, ttl: float | None = None,
+                key: Callable[..., object] | None = None, source: bool = True) -> object:
+        """Cache a function's results in this bucket (docs/memoize.md): ``@bucket.memoize`` or
+        ``@bucket.memoize(codec="json", ttl=None, key=None, source=True)``; ``@bucket.memoize("pickle")``
+        names the codec first.  Returns a ``Memoized`` (or a decorator making one).  Raises
+        ValueError for an unknown codec or an invalid ttl, TypeError for an option of the wrong type.  Since 0.2."""
         from ._memoize import memoize
 
-        return memoize(self, codec, **options)  # type: ignore[no-any-return]
+        return memoize(self, fn, codec=codec, ttl=ttl, key=key, source=source)  # type: ignore[call-overload]
 
     @property
     def aio(self) -> AsyncBucket:

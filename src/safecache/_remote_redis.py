@@ -111,7 +111,9 @@ class RedisStore(RemoteStore):
     def get(self, name: str, *, max_size: int) -> bytes | None:
         check_max_size(max_size)
         key = self._key(name)
-        size = int(self._call("STRLEN", name, lambda: self._client.strlen(key)))
+        size = self._call("STRLEN", name, lambda: self._client.strlen(key))
+        if not isinstance(size, int):
+            raise self._error("protocol", f"STRLEN {name}: a {type(size).__name__}, not a length")
         if size > max_size:
             raise self._error("oversized", f"GET {name}: {size} bytes, over the limit of {max_size}")
         data = self._call("GET", name, lambda: self._client.get(key))
@@ -163,8 +165,8 @@ class RedisStore(RemoteStore):
             return "full"
         if isinstance(exc, getattr(errors, "ReadOnlyError", ())) or text.startswith("READONLY"):
             return "not-allowed"
-        if "exceeds maximum allowed size" in text:
-            return "oversized"
+        if "exceeds maximum allowed size" in text:  # proto-max-bulk-len: as HTTP's 413
+            return "full"
         if isinstance(exc, (errors.InvalidResponse, errors.DataError)) or text.startswith("WRONGTYPE"):
             return "protocol"
         if isinstance(exc, errors.RedisError):

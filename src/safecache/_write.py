@@ -16,6 +16,7 @@ import time
 
 from . import _format, _fs, _keys, _layout, _osops, _stats
 from ._format import HEADER_SIZE, Invalid
+from ._location import READY
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -426,3 +427,18 @@ def set_meta(bucket: Bucket, key: Key, meta: bytes | bytearray | memoryview) -> 
         bucket.counters.error(cache._failed("set_meta", exc, path))
         return False
     return True
+
+
+def touch(bucket: Bucket, key: Key) -> bool:
+    """``Bucket.touch``: see its docstring."""
+    if bucket.directory is None or bucket.cache.state is not READY:
+        return False
+    path = _layout.entry_path(bucket.directory, _keys.key_digest(key))
+    try:
+        _fs.touch(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        bucket.counters.error(bucket.cache._failed("touch", exc, path))
+        return False

@@ -52,7 +52,8 @@ def _find(directory: Path, name: str, version: str) -> Path | None:
 
 def _pip_download(name: str, version: str, dest: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", f"{name}=={version}", "-d", str(dest)],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", f"{name}=={version}",
+         "-d", str(dest)],
         capture_output=True,
         timeout=TIMEOUT,
         check=False,

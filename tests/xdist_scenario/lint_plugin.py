@@ -51,7 +51,7 @@ class LintFile(pytest.File):
 
 class LintItem(pytest.Item):
     def runtest(self) -> None:
-        source = self.path.read_bytes()
+        source = _read(self.path)
         key = f"{self.name}:{hashlib.sha256(source).hexdigest()}"
         cache = _cache(self.config)
         fresh = lint(self.name, source)
@@ -61,6 +61,19 @@ class LintItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, None, str]:
         return self.path, None, f"{self.name} {self.path.name}"
+
+
+def _read(path: Path) -> bytes:
+    """The source, read as a robust tool reads it on Windows: a scanner may
+    hold a file for a moment (``--emulate-windows=DENIALS``), so a denied
+    open is tried again a few times.  (The cache is what the scenario
+    tests, not this.)"""
+    for _attempt in range(20):
+        try:
+            return path.read_bytes()
+        except PermissionError:
+            continue
+    return path.read_bytes()
 
 
 def lint(check: str, source: bytes) -> dict[str, Any]:

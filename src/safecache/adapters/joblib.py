@@ -8,33 +8,27 @@
 
 How joblib's store maps onto safecache (docs/adapters/joblib.md):
 
-* The location joblib passes (``Memory`` appends ``joblib`` to a str) is
-  the cache's root: ``safecache.Cache(location, **cache_options)``, where
-  ``backend_options={"cache_options": {...}}`` may give ``max_size``,
-  ``max_age``, ``strict``, ``lock_timeout``... All entries live in the
-  bucket ``joblib``.
-* A result is one entry, key ``("out", func_id, args_id)``: its value is the
-  pickle stream joblib's ``numpy_pickle.dump`` writes, its metadata the
-  ``metadata.json`` joblib keeps beside it.  A function's code is the entry
-  ``("code", func_id)``.  Keys never become paths: the paths joblib's API
-  speaks of (``location/func_id/args_id/output.pkl``...) are names, mapped
-  onto keys, never opened, created or removed on disk.
-* Compute once: when a memoized call misses, ``contains_item`` takes the
-  key's ``bucket.lock`` (waiting for a process computing the same call, then
-  finding its result) and holds it through joblib's compute, ``dump_item`` and
-  ``store_metadata``.  It is let go when the metadata are stored, or, if the
-  function raised, as soon as joblib's call that took it has ended (checked
-  at the next call of any thread of the process; the OS releases it if the
-  process dies).  ``check_call_in_cache`` and async functions never lock.
-* ``mmap_mode``: joblib memory-maps a file by name, so a result is copied
-  (verified) into a private file of a private temp directory and mapped from
-  there; the cache's own files are never mapped, so an ``"r+"`` map changes a
-  private copy, never the cached result.
-* Pickle: loading a result unpickles it, as joblib's own store does; whoever
-  can write the cache can run code in its readers.  safecache's trust rules
-  (docs/security.md) keep other users out of a private cache.
+* The location joblib passes (``Memory`` appends ``joblib`` to a str) is the
+  root of ``safecache.Cache(location, **cache_options)``
+  (``backend_options={"cache_options": {...}}``); entries are in the bucket
+  ``joblib``.
+* A result is the entry ``("out", func_id, args_id)``: its value is what
+  joblib's ``numpy_pickle.dump`` writes, its metadata joblib's
+  ``metadata.json``.  A function's code is the entry ``("code", func_id)``.
+  The paths of joblib's API (``location/func_id/args_id/output.pkl``...) are
+  names mapped onto keys, never files.
+* Compute once: a memoized call that misses takes the result's
+  ``bucket.lock`` in ``contains_item`` (so it waits for a process computing
+  it, then finds its result) and holds it through joblib's computation until
+  ``store_metadata``; if the function raised, until joblib's call has ended
+  (seen at the next call of any thread; the OS releases it if the process
+  dies).  ``check_call_in_cache`` and async functions never lock.
+* ``mmap_mode``: a result is copied (verified) into a private temp file,
+  which joblib maps: a cache file is never mapped, and an ``"r+"`` map
+  changes the copy, never the cached result.
+* Pickle: loading a result unpickles it, as with joblib's own store;
+  safecache's trust rules (docs/security.md) keep others from writing it.
 """
-
 from __future__ import annotations
 
 import atexit
@@ -74,7 +68,6 @@ VERSION = 1
 OUTPUT, METADATA, FUNC_CODE = "output.pkl", "metadata.json", "func_code.py"
 #: The suffix ``concurrency_safe_write`` gives a temp name (uuid-pid-thread).
 _TEMP_SUFFIX = re.compile(r"\.[0-9a-f]{32}-\d+-\d+$")
-_ARGS_ID = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 1 << 18
 
 
@@ -439,7 +432,7 @@ class SafecacheStoreBackend(_store_backends.StoreBackendBase, _store_backends.St
         items = []
         for info in self._bucket.items():
             if _ours(info.key) and info.key[0] == "out":
-                when = datetime.datetime.fromtimestamp(getattr(info, "used", info.written))
+                when = datetime.datetime.fromtimestamp(info.written)
                 items.append(_store_backends.CacheItemInfo(self._path(*info.key[1:]), info.size + info.meta_length, when))
         return items
 
@@ -502,23 +495,11 @@ class SafecacheStoreBackend(_store_backends.StoreBackendBase, _store_backends.St
             return bool(self._bucket.get_meta(found))
         if what != "dir":
             return found in self._bucket
-        result = self._target(os.path.join(found, OUTPUT)) if _ARGS_ID.fullmatch(os.path.basename(found)) else None
-        if result is not None and result[1] in self._bucket:
-            return True
         return not found or any(True for _ in self._under(found))
 
-    def object_exists(self, location: str) -> bool:
-        # joblib's StoreBackendMixin.contains_path calls this name.
-        return self._item_exists(location)
-
     def _move_item(self, src: str, dst: str) -> None:
-        """A temp name's writer already stored its target: nothing to move."""
-        s, d = self._target(src), self._target(dst)
-        if s is None or d is None or s == d or s[0] != "value" or d[0] != "value":
-            return
-        data = self._bucket.get(s[1])
-        if data is not None and self._bucket.put(d[1], data):
-            self._bucket.delete(s[1])
+        """Nothing to move: joblib moves only a temp name onto its target, and
+        what ``_open_item`` wrote under a temp name was stored as its target."""
 
     def create_location(self, location: str) -> None:
         """Nothing to do: entries need no directories."""
@@ -551,8 +532,7 @@ class _ItemWriter:
     item when it is closed; a ``with`` block that raises stores nothing."""
 
     def __init__(self, bucket: Bucket, key: tuple[str, ...], *, meta: bool) -> None:
-        self._bucket, self._key, self._meta = bucket, key, meta
-        self._buffer = bytearray()
+        self._bucket, self._key, self._buffer = bucket, key, bytearray()
         self._writer = None if meta else bucket.writer(key, meta=b"")
         if self._writer is not None:
             self._writer.__enter__()
@@ -583,7 +563,7 @@ class _ItemWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        self.close(exc if exc is not None else None)
+        self.close(exc)
 
 
 def _parts(call_id: Any) -> tuple[str, ...]:

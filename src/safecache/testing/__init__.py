@@ -8,13 +8,20 @@ behaves differently, so the code under test is the real code:
 * :class:`WindowsOps` (installed with :func:`windows_semantics` or
   :func:`enable_windows_semantics`) makes Linux refuse what Windows refuses
   -- replacing a file another process has open, deleting a file that is open
-  without ``FILE_SHARE_DELETE``, renaming onto an existing name -- with the
-  exceptions CPython raises on Windows (``PermissionError`` with
-  ``winerror`` 5 or 32, ``FileExistsError`` with ``winerror`` 183, ...).
-  Open handles are visible across processes, so many real processes can
-  share one cache root under the emulation.  It can also inject what other
-  programs cause: the transient denials of an antivirus scanner, names
-  pending delete, and ACL denials.
+  without ``FILE_SHARE_DELETE``, renaming onto an existing name, opening a
+  file another program holds with a narrower share mode, reading bytes
+  another handle has locked -- with the exceptions CPython raises on Windows
+  (``PermissionError`` with ``winerror`` 5 or 32, ``FileExistsError`` with
+  ``winerror`` 183, ...).  Open handles are visible across processes, so
+  many real processes can share one cache root under the emulation.  It can
+  also inject what other programs cause: the transient denials of an
+  antivirus scanner, names pending delete, and ACL denials.
+* :func:`patch_os` installs it and also routes the standard library's calls
+  (``open``, ``os.replace``, ``tempfile``, ``mmap``, ...) through it, so that
+  a tool author's own cache code meets the same rules; the pytest plugin
+  (``-p safecache.testing.pytest_plugin --emulate-windows``) and the
+  ``SAFECACHE_EMULATE_WINDOWS`` variable turn it on for a whole run, xdist
+  workers and subprocesses included.
 * :class:`FaultOps` (installed with :func:`inject_errors`) raises a chosen
   error from chosen operations, on top of whatever is in force.
 
@@ -24,10 +31,9 @@ function of the same name, and as an instance the real operating system.
 Subclass it to write your own fault model, and install an instance the way
 :func:`windows_semantics` does, restoring the previous one afterwards.
 
-docs/testing.md describes every rule, option and limit.  The Windows
-behaviour modelled here is the one documented by Microsoft and implemented
-by Wine's ``server/fd.c``; the error numbers are those of CPython's
-``PC/errmap.h``.
+docs/testing.md describes every rule with its source in Microsoft's
+documentation, and every option and limit.  The error numbers are those of
+CPython's ``PC/errmap.h``.
 
 :class:`WindowsOps` needs Linux (open file description locks, Linux 3.15+)
 and a local file system that supports them (not NFS).  :class:`FaultOps`
@@ -37,11 +43,15 @@ The modules behind this one are private, one concept each:
 ``_winerror`` (Windows error codes and exceptions), ``_actors`` (what
 other programs do: scanners, pending deletes, ACLs), ``_perprocess``
 (per-process random streams and counters), ``_handles`` (the cross-process
-handle table, byte-range locks, :func:`holding`), ``_names`` (names Windows
-refuses, rename without replace, delete-pending names), ``_windows``
-(:class:`WindowsOps`), ``_install`` (installing and removing it) and
-``_faults`` (fault injection).  Besides each other, they depend only on
-``safecache._osops`` and the standard library.
+handle table: access, share modes, :func:`holding`), ``_ranges``
+(byte-range locks), ``_mapped`` (mapped views), ``_names`` (names Windows
+refuses, rename without replace, delete-pending names), ``_emulator`` (the
+options and shared checks), ``_descriptors`` (opening, reading, writing),
+``_windows`` (:class:`WindowsOps` and the rules of names), ``_install``
+(installing and removing it), ``_patch`` and ``_files`` (:func:`patch_os`),
+``_environ`` (the variable) and ``_faults`` (fault injection).  Besides each
+other, they depend only on ``safecache._osops`` and the standard library;
+``pytest_plugin`` also imports pytest, and nothing imports it.
 """
 
 from __future__ import annotations

@@ -125,6 +125,8 @@ class _Descriptors(_Emulator):
             # which opening a directory needs (CreateFileW documentation).
             reason = "a directory opened with os.open or open() (no FILE_FLAG_BACKUP_SEMANTICS)"
             raise self._deny(ERROR_ACCESS_DENIED, path, reason=reason, crt=True)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return  # a FIFO or device planted at the name: no Windows file handle to model
         access = flags & os.O_ACCMODE
         violation = _sharing_violation(fd, read=access != os.O_WRONLY, write=access != os.O_RDONLY)
         if violation is not None:
@@ -172,4 +174,3 @@ class _Descriptors(_Emulator):
     def unlock(self, fd: int) -> None:
         _ranges.unlock_range(fd, _LOCKED_BYTE, 1)
         super().unlock(fd)
-

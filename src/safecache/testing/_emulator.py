@@ -49,13 +49,10 @@ class WindowsOptions(TypedDict):
     block_cloning: bool
 
 
-
-
 def _read_only(st: os.stat_result) -> bool:
     # Python's os.chmod on Windows maps the owner write bit to the read-only
     # attribute, and os.stat maps it back: the write bit *is* the attribute.
     return stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWRITE
-
 
 
 class _Emulator(OsOps):
@@ -82,8 +79,8 @@ class _Emulator(OsOps):
         self.hardlinks = hardlinks
         self.symlinks = symlinks
         self.strict_names = strict_names
-        self.transient_denials, self.transient_read_denials, self.transient_lock_violations = (
-            _actors.probabilities(transient_denials, transient_read_denials, transient_lock_violations)
+        self.transient_denials, self.transient_read_denials, self.transient_lock_violations = _actors.probabilities(
+            transient_denials, transient_read_denials, transient_lock_violations
         )
         self._read_denials_option = transient_read_denials
         self._lock_violations_option = transient_lock_violations
@@ -129,8 +126,15 @@ class _Emulator(OsOps):
 
     # -- helpers -----------------------------------------------------------
     def _deny(
-        self, code: int, path: str | None, path2: str | None = None, *, reason: str, crt: bool = False,
-        ntstatus: int | None = None, crt_errno: int | None = None,
+        self,
+        code: int,
+        path: str | None,
+        path2: str | None = None,
+        *,
+        reason: str,
+        crt: bool = False,
+        ntstatus: int | None = None,
+        crt_errno: int | None = None,
     ) -> OSError:
         self._process.count(f"rule.{code}")
         return _windows_error(code, path, path2, reason=reason, crt=crt, ntstatus=ntstatus, crt_errno=crt_errno)
@@ -186,9 +190,7 @@ class _Emulator(OsOps):
         except FileNotFoundError:
             if self._delete_pending(src):
                 raise self._deny(ERROR_ACCESS_DENIED, src, dst, reason="the file is delete-pending") from None
-            raise _as_win32_error(
-                FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src, None, dst)
-            ) from None
+            raise _as_win32_error(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src, None, dst)) from None
 
     def _delete_pending(self, path: str) -> bool:
         """Whether ``path`` names a file that was deleted while open and is
@@ -196,4 +198,3 @@ class _Emulator(OsOps):
         if self.posix_delete:
             return False
         return _pending(path)
-

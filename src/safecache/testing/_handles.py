@@ -76,9 +76,7 @@ _offsets = random.SystemRandom()  # not the seeded stream: opens must not shift 
 
 def _require_ofd_locks() -> None:
     if fcntl is None or not hasattr(fcntl, "F_OFD_GETLK") or struct.calcsize("l") != 8:
-        raise RuntimeError(
-            "safecache.testing's Windows emulation needs 64-bit Linux (open file description locks)"
-        )
+        raise RuntimeError("safecache.testing's Windows emulation needs 64-bit Linux (open file description locks)")
 
 
 def _ofd_setlk(fd: int, ltype: int, start: int, length: int) -> bool:
@@ -185,7 +183,9 @@ def _register(
     if not share_delete:
         _take(fd, ltype, _NO_SHARE_DELETE)
     if not (share_read and share_write):
-        narrow = _NOT_SHARING_WRITE_ONLY if share_read else _NOT_SHARING_READ_ONLY if share_write else _NOT_SHARING_EITHER
+        narrow = (
+            _NOT_SHARING_WRITE_ONLY if share_read else _NOT_SHARING_READ_ONLY if share_write else _NOT_SHARING_EITHER
+        )
         _take(fd, ltype, narrow)
 
 

@@ -19,9 +19,7 @@ from typing import Any, Callable, Iterator
 from ._handles import _handles, _offsets
 
 _INVALID_CHARS = frozenset('<>:"|?*\\') | frozenset(chr(c) for c in range(32))
-_RESERVED_NAMES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
-)
+_RESERVED_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)])
 _PENDING = ".~delete-pending-"
 
 

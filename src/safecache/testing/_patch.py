@@ -13,9 +13,10 @@ Windows machine would apply to it.
 Which calls are routed: those made by the code under test, looked up
 through the module at call time (``os.replace(...)``, not a name bound by
 ``from os import replace`` before the block).  Calls the emulator makes
-itself, and safecache's own (already routed through ``_osops.current``),
-go to the real functions; so do calls on descriptors and on ``/dev``,
-``/proc`` and ``/sys``.
+itself, safecache's own (already routed through ``_osops.current``) and the
+test framework's (pytest, pluggy, xdist, hypothesis, coverage) go to the
+real functions; so do calls on descriptors and on ``/dev``, ``/proc`` and
+``/sys``.
 
 Whole-file record locks (``fcntl.lockf(fd, LOCK_EX)``, length 0) are cut
 at ``_ranges._LIMIT``: the emulator keeps its records above it, and a lock
@@ -31,6 +32,7 @@ import mmap
 import os
 import sys
 import threading
+from types import FrameType
 from typing import Any, Callable, Iterator
 
 from safecache import _osops
@@ -54,6 +56,13 @@ _SPECIAL = ("/dev/", "/proc/", "/sys/")
 # on Windows they take other paths, so here they open them as POSIX code.
 _POSIX_ONLY_CALLERS = frozenset({"shutil", "os"})
 
+# Callers whose calls stay real: safecache itself and the test framework.
+_NOT_ROUTED = frozenset(
+    {"safecache", "_pytest", "pytest", "pluggy", "xdist", "execnet", "hypothesis", "_hypothesis_pytestplugin",
+     "coverage", "pytest_cov"}
+)  # fmt: skip
+_STDLIB = frozenset(sys.stdlib_module_names) - {"__main__"}
+
 _local = threading.local()  # .depth: routed calls in progress on this thread
 _lock = threading.Lock()
 _saved: dict[str, Any] = {}  # "os.open" -> the function patch_os replaced
@@ -66,15 +75,29 @@ def _real(name: str) -> Any:
 
 def _routed_caller(depth: int) -> bool:
     """Whether the code that called the patched function (``depth`` frames
-    above the caller of this one) goes to the emulator: not the emulator's
-    own calls (on this thread), not safecache's."""
+    above the caller of this one) goes to the emulator.
+
+    The caller that counts is the nearest one outside the standard library
+    (``pathlib``, ``tempfile``, ``shutil``... call these functions on behalf
+    of someone).  Not routed: the emulator's own calls (on this thread),
+    safecache's (already routed through ``_osops.current``), and the test
+    framework's -- a scanner's transient denial of pytest reading its own
+    plugins would only break the run, not test the code under test.
+    """
     if getattr(_local, "depth", 0) or _osops.current is _osops.real:
         return False
+    frame: FrameType | None
     try:
-        module = str(sys._getframe(depth + 1).f_globals.get("__name__", ""))
+        frame = sys._getframe(depth + 1)
     except ValueError:
-        module = ""
-    return not (module == "safecache" or module.startswith("safecache."))
+        return True
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        top = module.partition(".")[0]
+        if top not in _STDLIB and module != __name__:  # our own wrappers: io.open calling tempfile's opener
+            return top not in _NOT_ROUTED
+        frame = frame.f_back
+    return True
 
 
 def _target(path: Any, dir_fd: int | None = None) -> str | None:

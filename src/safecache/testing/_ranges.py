@@ -127,8 +127,6 @@ def locked(fd: int, offset: int | None, length: int, *, write: bool) -> bool:
             )
         # A read conflicts only with an exclusive lock: a write lock here, or
         # any lock in the mirror.
-        return _foreign(fd, offset, length, fcntl.F_RDLCK) or _foreign(
-            fd, _EXCLUSIVE + offset, length, fcntl.F_WRLCK
-        )
+        return _foreign(fd, offset, length, fcntl.F_RDLCK) or _foreign(fd, _EXCLUSIVE + offset, length, fcntl.F_WRLCK)
     except OSError:  # a pipe or other descriptor that cannot be locked
         return False

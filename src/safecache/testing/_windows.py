@@ -38,10 +38,7 @@ from ._winerror import (
 )
 
 # What FICLONE says on a file system that cannot clone (see OsOps.clone).
-_CLONE_UNSUPPORTED = frozenset(
-    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL, errno.EBADF, errno.ENOSYS}
-)
-
+_CLONE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL, errno.EBADF, errno.ENOSYS})
 
 
 class WindowsOps(_Descriptors):
@@ -112,7 +109,6 @@ class WindowsOps(_Descriptors):
     """
 
     name = "windows-emulated"
-
 
     # -- names -------------------------------------------------------------
     def stat(self, path: str) -> os.stat_result:

@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 setattr(module, name, substitute)
         helper = vars(module).get("rows")
         if helper is not None and getattr(getattr(helper, "__code__", None), "co_filename", "").startswith(tests):
-            setattr(module, "rows", async_rows if inspect.iscoroutinefunction(helper) else rows)
+            module.rows = async_rows if inspect.iscoroutinefunction(helper) else rows
 
 
 def pytest_report_header(config: pytest.Config) -> str:
