@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 SHARDS = _layout.STATS_SHARDS
 _FORMAT = 1
 #: Fields summed across shards (``errors`` is a dict of cause -> count).
-FIELDS = ("hits", "misses", "writes", "bytes_read", "bytes_written", "corrupt_removed", "size", "entries")
+FIELDS = (
+    "hits", "misses", "writes", "bytes_read", "bytes_written", "corrupt_removed", "size", "entries",
+    # the remote tier (docs/remote.md): what the remote answered, what was sent, the time spent waiting
+    "remote_hits", "remote_misses", "remote_bytes_read", "remote_bytes_written", "remote_uploads",
+    "remote_dropped", "remote_ms",
+)
+#: Fields added after format 1 was first written: absent means 0.
+_OPTIONAL = frozenset(name for name in FIELDS if name.startswith("remote_"))
 
 
 class Counters:
@@ -49,6 +56,13 @@ class Counters:
         self.corrupt_removed = 0
         self.size = 0
         self.entries = 0
+        self.remote_hits = 0
+        self.remote_misses = 0
+        self.remote_bytes_read = 0
+        self.remote_bytes_written = 0
+        self.remote_uploads = 0
+        self.remote_dropped = 0
+        self.remote_ms = 0
         self.errors: dict[str, int] = {}
 
     def error(self, cause: str) -> None:
@@ -154,7 +168,7 @@ def _check_record(label: str, record: object) -> dict[str, object] | None:
         return None
     out: dict[str, object] = {}
     for name in FIELDS:
-        value = record.get(name)
+        value = record.get(name, 0 if name in _OPTIONAL else None)
         if type(value) is not int or not -_LIMIT < value < _LIMIT or (value < 0 and name not in _SIGNED):
             return None
         out[name] = value

@@ -42,6 +42,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (millisec
 if TYPE_CHECKING:
     from ._bucket import Bucket
     from ._cache import Cache
+    from ._stats import Counters
 
 MODES = ("read-write", "read-only", "write-only", "off")
 MAGIC = b"\x89SCR"
@@ -185,7 +186,7 @@ class Tier:
         self._failures = 0
         self._open_until = 0.0
         self._off_reason = ""
-        self._queue: list[tuple[str, str]] = []
+        self._queue: list[tuple[str, str, Counters]] = []
         self._queued_bytes = 0
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -278,12 +279,18 @@ class Tier:
         if store is None:
             return None
         name = object_name(bucket.name, bucket.version, digest)
+        counters = bucket.counters
+        started = time.monotonic()
         try:
             blob = self._call("get", store.get, name, max_size=self.max_size + 64 * 1024)
-        except RemoteError:
+        except RemoteError as exc:
+            counters.error("remote-" + exc.cause)
             return None
+        finally:
+            counters.remote_ms += int((time.monotonic() - started) * 1000)
         if blob is None:
             self.stats.misses += 1
+            counters.remote_misses += 1
             return None
         assert isinstance(blob, bytes)
         try:
@@ -293,13 +300,18 @@ class Tier:
             cause = exc.cause if isinstance(exc, Refused) else f"invalid-{exc.reason}"
             self.stats.refused[cause] = self.stats.refused.get(cause, 0) + 1
             self.stats.misses += 1
+            counters.remote_misses += 1
+            counters.error("remote-refused-" + cause)
             _policy.logger().info("safecache: remote object %s of %s refused: %s", name, self.display, cause)
             return None
         if header.expired(time.time_ns()):
             self.stats.misses += 1
+            counters.remote_misses += 1
             return None
         self.stats.hits += 1
         self.stats.bytes_read += len(blob)
+        counters.remote_hits += 1
+        counters.remote_bytes_read += len(blob)
         if self.cache.writable and bucket.directory is not None and bucket._writable("put"):
             try:
                 _fs.write_file(path, [entry], budget=self.cache.retry_budget, mode=self.cache.file_mode)
@@ -318,8 +330,9 @@ class Tier:
         with self._lock:
             if len(self._queue) >= QUEUE_ITEMS or self._queued_bytes + size > QUEUE_BYTES:
                 self.stats.dropped += 1
+                bucket.counters.remote_dropped += 1
                 return
-            self._queue.append((name, path))
+            self._queue.append((name, path, bucket.counters))
             self._queued_bytes += size
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="safecache-upload", daemon=True)
@@ -333,16 +346,16 @@ class Tier:
                     self._wake.wait()
                 if not self._queue:
                     return
-                name, path = self._queue.pop(0)
+                name, path, counters = self._queue.pop(0)
             size = 0
             try:
-                size = self._upload_one(name, path)
+                size = self._upload_one(name, path, counters)
             finally:
                 with self._lock:
                     self._queued_bytes = max(0, self._queued_bytes - size)
                     self._wake.notify_all()
 
-    def _upload_one(self, name: str, path: str) -> int:
+    def _upload_one(self, name: str, path: str, counters: Counters) -> int:
         opened = None
         try:
             opened = _fs.read_file(path, budget=0.5)
@@ -362,15 +375,27 @@ class Tier:
         store = self._available()
         if store is None:
             self.stats.dropped += 1
+            counters.remote_dropped += 1
             return len(entry)
         blob = seal(name, entry, key=self.key, compress=self.compress)
+        started = time.monotonic()
         try:
             self._call("put", store.put, name, blob)
-        except (RemoteError, Exception):  # noqa: BLE001 - a background thread must never die on a cache problem
+        except RemoteError as exc:
             self.stats.dropped += 1
+            counters.remote_dropped += 1
+            counters.error("remote-" + exc.cause)
             return len(entry)
+        except Exception:  # noqa: BLE001 - a background thread must never die on a cache problem
+            self.stats.dropped += 1
+            counters.remote_dropped += 1
+            return len(entry)
+        finally:
+            counters.remote_ms += int((time.monotonic() - started) * 1000)
         self.stats.uploads += 1
         self.stats.bytes_written += len(blob)
+        counters.remote_uploads += 1
+        counters.remote_bytes_written += len(blob)
         return len(entry)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -382,6 +407,8 @@ class Tier:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.stats.dropped += len(self._queue)
+                    for _name, _path, counters in self._queue:
+                        counters.remote_dropped += 1
                     self._queue.clear()
                     self._queued_bytes = 0
                     break
