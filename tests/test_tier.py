@@ -314,3 +314,20 @@ def test_doctor_reports_signing(tmp_path: Path, remote: tuple[dict[str, bytes], 
     monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(*remote))
     trust = doctor.diagnose(machine(tmp_path, "a")).finding("remote-trust")
     assert trust is not None and trust.status == "ok"
+
+
+def test_info_shows_what_the_remote_did(tmp_path: Path, remote: tuple[dict[str, bytes], list[str]]) -> None:
+    from safecache import maintenance
+    from safecache._cli_format import render_info
+
+    a = machine(tmp_path, "a")
+    a.bucket("b").put("k", b"v")
+    a.close()
+    b = machine(tmp_path, "b")
+    b.bucket("b").get("k")
+    b.bucket("b").get("absent")
+    b.close()
+    row = maintenance.info(safecache.Cache(tmp_path / "b"))["buckets"]["b/v0"]  # type: ignore[index]
+    assert (row["remote_hits"], row["remote_misses"]) == (1, 1)
+    text = render_info(maintenance.info(safecache.Cache(tmp_path / "a")))
+    assert "remote b/v0: 0 hits, 0 misses, 1 uploads (0 dropped)" in text

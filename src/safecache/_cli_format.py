@@ -78,6 +78,17 @@ def render_info(data: dict[str, object]) -> str:
     for row in rows:
         cells = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row[:-1])]
         lines.append("  ".join(cells) + "  " + row[-1])
+    remote = [(label, buckets[label]) for label in sorted(buckets) if isinstance(buckets[label], dict)
+              and any(num(buckets[label].get(f)) for f in ("remote_hits", "remote_misses", "remote_uploads", "remote_dropped"))]
+    if remote:  # the remote tier (docs/remote.md), where one answered or was written
+        lines.append("")
+        for label, b in remote:
+            lines.append(
+                f"remote {label}: {num(b.get('remote_hits')):,} hits, {num(b.get('remote_misses')):,} misses, "
+                f"{num(b.get('remote_uploads')):,} uploads ({num(b.get('remote_dropped')):,} dropped), "
+                f"{format_size(num(b.get('remote_bytes_read')))} read, {format_size(num(b.get('remote_bytes_written')))} "
+                f"written, {num(b.get('remote_ms')) / 1000:.1f} s waiting"
+            )
     return "\n".join(lines)
 
 
