@@ -153,8 +153,10 @@ def _settle() -> None:
 
 
 def _find(root: str, key: tuple[str, ...]) -> _Held | None:
+    """This thread's hold of ``key``, if any.  (Iterates a copy: another
+    thread's ``_settle`` may be removing entries meanwhile.)"""
     me = threading.get_ident()
-    for h in _held:
+    for h in list(_held):
         if h.thread == me and h.key == key and h.root == root:
             return h
     return None
