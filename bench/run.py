@@ -11,7 +11,8 @@ the system calls), 3 large (streaming 100 MiB against cp and cat, peak
 memory), 4 trees (placing 10,000 files against cp -r), 5 scale (1,000 vs
 1,000,000 entries; info, trim and clean), 6 startup (import and `safecache
 dir`), 7 contention (1-8 processes, same and disjoint keys), 8 memoize (a
-warm call against a bare get).
+warm call against a bare get), 9 entries (the writer against put, get_meta
+against get, set_meta against a put).
 ``--sections`` picks some (names or numbers).  Nothing here asserts on
 times: a missed target is reported, never an error, and every target is
 listed in every run (not measured, with the reason, when it was not).  The
