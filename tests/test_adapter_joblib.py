@@ -26,8 +26,8 @@ import pytest
 
 joblib = pytest.importorskip("joblib")
 
-import safecache  # noqa: E402
-from safecache.adapters import joblib as adapter  # noqa: E402
+import safecache
+from safecache.adapters import joblib as adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = Path(__file__).resolve().parent / "peers" / "joblib"
@@ -387,7 +387,7 @@ def _peer_tests(tmp_path: Path) -> Path | None:
     """joblib's test directory: from the installed joblib (its wheel ships
     joblib/test), else from its released sdist (tests/peers/fetch.py)."""
     spec = importlib.util.find_spec("joblib")
-    installed = Path(list(spec.submodule_search_locations or [""])[0]) / "test"
+    installed = Path(next(iter(spec.submodule_search_locations or [""]))) / "test"
     if all((installed / name).is_file() for name in PEER_FILES):
         return installed
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "_compute": 5,
     "_trust": 5,
     "_remote": 5,
+    "_remote_open": 5,
     "_remote_http": 5,
     "_remote_redis": 5,
     "_remote_s3": 5,

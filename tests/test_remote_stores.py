@@ -40,7 +40,8 @@ from remote_servers import (
     use_fake_aws,
 )
 
-from safecache._remote import CAUSES, RemoteError, RemoteStore, open_remote
+from safecache._remote import CAUSES, RemoteError, RemoteStore
+from safecache._remote_open import open_remote
 
 CONNECT_TIMEOUT = 2.0
 TIMEOUT = 10.0  # for the tests where nothing should time out: a loaded CI machine is slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import safecache
-from safecache import _remote, _tier
+from safecache import _remote, _remote_open, _tier
 
 
 class MemoryStore(_remote.RemoteStore):
@@ -288,7 +288,7 @@ def test_doctor_probes_the_remote_and_says_who_can_poison_it(
 ) -> None:
     from safecache import doctor
 
-    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(*remote))
+    monkeypatch.setattr(_remote_open, "open_remote", lambda url, **kw: MemoryStore(*remote))
     report = doctor.diagnose(machine(tmp_path, "a"))
     remote_finding = report.finding("remote")
     trust = report.finding("remote-trust")
@@ -302,7 +302,7 @@ def test_doctor_names_a_failing_remote_and_what_to_do(
 ) -> None:
     from safecache import doctor
 
-    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(remote[0], ["not-allowed"]))
+    monkeypatch.setattr(_remote_open, "open_remote", lambda url, **kw: MemoryStore(remote[0], ["not-allowed"]))
     finding = doctor.diagnose(machine(tmp_path, "a")).finding("remote")
     assert finding is not None and finding.status == "fail" and "dav_methods" in finding.remedy
 
@@ -311,7 +311,7 @@ def test_doctor_reports_signing(tmp_path: Path, remote: tuple[dict[str, bytes], 
     from safecache import doctor
 
     monkeypatch.setenv("SAFECACHE_REMOTE_KEY", "k")
-    monkeypatch.setattr(_remote, "open_remote", lambda url, **kw: MemoryStore(*remote))
+    monkeypatch.setattr(_remote_open, "open_remote", lambda url, **kw: MemoryStore(*remote))
     trust = doctor.diagnose(machine(tmp_path, "a")).finding("remote-trust")
     assert trust is not None and trust.status == "ok"
 

@@ -154,6 +154,9 @@ def make_cache(backend: str, directory: str) -> Any:
     return SeparateBodyFileCache(directory)
 
 
+_EMULATORS: list[Any] = []
+
+
 def emulate(backend: str, options: dict[str, Any] | None) -> str:
     """Turn the emulator on in this process, for the life of the process;
     say what the backend runs under.  ``patch_os`` routes every process's own
@@ -166,7 +169,8 @@ def emulate(backend: str, options: dict[str, Any] | None) -> str:
 
     patch_os = getattr(testing, "patch_os", None)
     if patch_os is not None:
-        patch_os(**options).__enter__()
+        _EMULATORS.append(patch_os(**options))  # kept: collecting it would end the emulation
+        _EMULATORS[-1].__enter__()
         return "Windows semantics (patch_os)"
     if backend == "safecache":
         testing.enable_windows_semantics(**options)

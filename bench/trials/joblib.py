@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # This file is named after the library it tries: keep its directory off the
 # path, or ``import joblib`` would import this script.

@@ -33,7 +33,8 @@ def check_remote(cache: Cache) -> list[Finding]:
     tier = cache.tier
     if tier is None:
         return []
-    from ._remote import RemoteError, open_remote
+    from ._remote import RemoteError
+    from ._remote_open import open_remote
     from ._tier import object_name, seal, unseal
 
     out: list[Finding] = []

@@ -29,7 +29,6 @@ import re
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
-    from typing import Any
     from urllib.parse import SplitResult
 
 #: The causes, for the tier's counters and messages.  A store raises no other.
@@ -47,15 +46,6 @@ CAUSES = (
     "client-missing",  # the client library (redis, boto3) is not installed
     "bad-url",  # an unsupported or malformed URL
 )
-
-#: scheme -> backend module (each has ``open_store(url, *, connect_timeout, timeout)``).
-_BACKENDS = {
-    "http": "_remote_http",
-    "https": "_remote_http",
-    "redis": "_remote_redis",
-    "rediss": "_remote_redis",
-    "s3": "_remote_s3",
-}
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
 _UNREACHABLE = {_errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.EADDRNOTAVAIL}
@@ -223,37 +213,3 @@ def network_cause(exc: BaseException) -> str | None:
         nested += [a for a in err.args if isinstance(a, BaseException)]
         queue += [e for e in nested if isinstance(e, BaseException)]
     return None
-
-
-def open_remote(url: str, *, connect_timeout: float, timeout: float) -> RemoteStore:
-    """The store ``url`` names: ``http(s)://host[:port]/base`` (the Bazel
-    HTTP cache layout under ``base``), ``redis(s)://host[:port][/db][/prefix]``,
-    or ``s3://bucket[/prefix][?endpoint_url=...&region=...]``.
-
-    ``connect_timeout`` bounds making a connection; ``timeout`` every wait
-    for the server after that (seconds, > 0).  Opening reads credentials
-    and builds the client but does not connect.
-
-    Raises ``RemoteError("bad-url")`` for an unsupported or malformed URL,
-    ``RemoteError("client-missing")`` when the scheme's client library is
-    not installed.
-    """
-    if not isinstance(url, str):
-        raise RemoteError("bad-url", f"a remote URL must be a string, not {type(url).__name__}")
-    for value, what in ((connect_timeout, "connect_timeout"), (timeout, "timeout")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise RemoteError("bad-url", f"remote {strip_credentials(url)}: {what} must be a positive number")
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    backend = _BACKENDS.get(scheme)
-    if backend is None:
-        raise RemoteError(
-            "bad-url",
-            f"unsupported remote URL {strip_credentials(url)!r}: use http(s)://, redis(s):// or s3://",
-        )
-    # By name, not ``from . import``: the backends import this module for the
-    # contract, so a plain import here would be a cycle (layer 5 both ways).
-    from importlib import import_module
-
-    module: Any = import_module(f"{__package__}.{backend}")
-    store: RemoteStore = module.open_store(url, connect_timeout=float(connect_timeout), timeout=float(timeout))
-    return store

@@ -36,7 +36,8 @@ import time
 import zlib
 
 from . import _format, _fs, _layout, _policy
-from ._remote import RemoteError, RemoteStore, open_remote
+from ._remote import RemoteError, RemoteStore
+from ._remote_open import open_remote
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class Tier:
         self._failures = 0
         self._open_until = 0.0
         self._off_reason = ""
-        self._queue: list[tuple[str, str, Counters]] = []
+        self._queue: list[tuple[str, str, Counters, int]] = []  # (name, path, counters, bytes counted)
         self._queued_bytes = 0
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -332,7 +333,7 @@ class Tier:
                 self.stats.dropped += 1
                 bucket.counters.remote_dropped += 1
                 return
-            self._queue.append((name, path, bucket.counters))
+            self._queue.append((name, path, bucket.counters, size))
             self._queued_bytes += size
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="safecache-upload", daemon=True)
@@ -346,12 +347,14 @@ class Tier:
                     self._wake.wait()
                 if not self._queue:
                     return
-                name, path, counters = self._queue.pop(0)
-            size = 0
+                name, path, counters, size = self._queue.pop(0)
             try:
-                size = self._upload_one(name, path, counters)
+                self._upload_one(name, path, counters)
             finally:
                 with self._lock:
+                    # What upload() counted, not what was read: the file may have been
+                    # replaced or removed since, and a drift would make flush() wait out
+                    # its whole timeout and the queue refuse uploads once it adds up.
                     self._queued_bytes = max(0, self._queued_bytes - size)
                     self._wake.notify_all()
 
@@ -407,7 +410,7 @@ class Tier:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.stats.dropped += len(self._queue)
-                    for _name, _path, counters in self._queue:
+                    for _name, _path, counters, _size in self._queue:
                         counters.remote_dropped += 1
                     self._queue.clear()
                     self._queued_bytes = 0

@@ -29,6 +29,7 @@ How joblib's store maps onto safecache (docs/adapters/joblib.md):
 * Pickle: loading a result unpickles it, as with joblib's own store;
   safecache's trust rules (docs/security.md) keep others from writing it.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -42,8 +43,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pickle import PicklingError
-from typing import IO, Any, Iterator, TypeGuard
+from typing import IO, Any, TypeGuard
 
 try:
     from joblib import _store_backends, numpy_pickle  # type: ignore[import-untyped, unused-ignore]
@@ -98,7 +100,7 @@ def _bucket_at(location: str, options: dict[str, Any] | None) -> Bucket:
 
 # -- compute once across joblib's check -> compute -> store --------------------------------
 class _Held:
-    __slots__ = ("root", "key", "lock", "thread", "frame")
+    __slots__ = ("frame", "key", "lock", "root", "thread")
 
     def __init__(self, root: str, key: tuple[str, ...], lock: Any, frame: Any) -> None:
         self.root, self.key, self.lock, self.frame = root, key, lock, frame
@@ -231,7 +233,7 @@ def _load_mapped(stream: IO[bytes], mmap_mode: str) -> Any:
     try:
         try:
             view = memoryview(bytearray(_CHUNK))
-            readinto: Any = getattr(stream, "readinto")  # BytesIO and BufferedReader have it
+            readinto: Any = stream.readinto  # type: ignore[attr-defined]  # BytesIO and BufferedReader have it
             while n := readinto(view):
                 _fs.write_all(fd, view[:n])
         finally:
@@ -317,7 +319,7 @@ class SafecacheStoreBackend(_store_backends.StoreBackendBase, _store_backends.St
         itself (one of the last few such)."""
         path = self._path(*_parts(call_id))
         if verbose > 1:
-            ts = "{: <16}".format(format_time(time.time() - timestamp)) if timestamp is not None else ""
+            ts = f"{format_time(time.time() - timestamp): <16}" if timestamp is not None else ""
             signature = os.path.basename(_parts(call_id)[0])
             if metadata is not None and "input_args" in metadata:
                 signature += "({})".format(", ".join("{}={}".format(*i) for i in metadata["input_args"].items()))
@@ -340,7 +342,7 @@ class SafecacheStoreBackend(_store_backends.StoreBackendBase, _store_backends.St
         warns (``FutureWarning`` for a value that cannot be pickled, joblib's
         ``CacheWarning`` otherwise), as joblib's own store does."""
         if verbose > 10:
-            print("Persisting in %s" % self._path(*_parts(call_id)))
+            print(f"Persisting in {self._path(*_parts(call_id))}")
         key, stored = _out(call_id), False
         try:
             with self._bucket.writer(key, meta=b"") as f:
