@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--urls", type=int, default=40)
     parser.add_argument("--period", type=float, default=2.0, help="seconds between versions of a URL")
     parser.add_argument("--denials", type=float, default=0.02, help="transient denial probability (0: no emulator)")
+    parser.add_argument(
+        "--lock-violations", type=float, default=None, help="read/write denials (33); default: the emulator's"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="safecache,peer")
     parser.add_argument("--latency-rounds", type=int, default=1000, help="0: skip the hit latency")
@@ -317,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     options = None if args.denials <= 0 else {"transient_denials": args.denials, "seed": args.seed}
+    if options is not None and args.lock_violations is not None:
+        options["transient_lock_violations"] = args.lock_violations
     backends = [b for b in args.backends.split(",") if b]
     work = tempfile.mkdtemp(prefix="cc-trial-", dir=args.dir)
     origin = Origin(args.period)
