@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -125,8 +124,7 @@ def test_the_plugin_is_not_registered_for_every_pytest_run() -> None:
     assert not [ep for ep in entry_points(group="pytest11") if ep.value.startswith("safecache")]
 
 
-@pytest.mark.parametrize("text", [textwrap.dedent("")])
-def test_a_bare_option_before_a_path_does_not_swallow_the_path(tmp_path: Path, text: str) -> None:
+def test_a_bare_option_before_a_path_does_not_swallow_the_path(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "test_only_this.py").write_text("def test_only():\n    pass\n")
     run = _pytest(tmp_path, *PLUGIN, "--emulate-windows", "sub")

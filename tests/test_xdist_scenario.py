@@ -46,7 +46,7 @@ def _project(root: Path, files: int, seed: int) -> Path:
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\n")
     sources = [
-        "\n".join(f"value_{i}_{n} = {rng.random()!r}  # {'x' * rng.randrange(60)}" for n in range(12)) + "\n"
+        "\n".join(f"value_{i}_{n} = {rng.random()!r}  # {'x' * rng.randrange(60)}" for n in range(16)) + "\n"
         for i in range(max(files // 4, 1))
     ]
     for n in range(files):
@@ -60,8 +60,9 @@ def _run(root: Path, cache: str, *, files: int, denials: float | None = None) ->
     emulate = "--emulate-windows" if denials is None else f"--emulate-windows={denials}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SAFECACHE_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(SCENARIO), str(SRC)])
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # nine interpreters start: only the plugins the scenario names
     command = [
-        sys.executable, "-m", "pytest", "-n", str(WORKERS), "-p", "lint_plugin",
+        sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-n", str(WORKERS), "-p", "lint_plugin",
         "-p", "safecache.testing.pytest_plugin", emulate, "-p", "no:cacheprovider", "--assert=plain", "--tb=short",
         f"--lint-cache={cache}", f"--lint-cache-dir={root / 'cache'}", f"--junitxml={report}", "-q", str(project),
     ]  # fmt: skip
@@ -84,7 +85,7 @@ def _run(root: Path, cache: str, *, files: int, denials: float | None = None) ->
 
 
 def test_a_naive_cache_fails_the_run_under_the_emulator_as_on_windows(tmp_path: Path, stress: bool) -> None:
-    files = 400 if stress else 50
+    files = 400 if stress else 64
     run = _run(tmp_path, "naive", files=files, denials=0.02 if stress else None)
     print(f"naive cache: {len(run.failures)} of {2 * files} items failed in {run.seconds:.1f} s")
     assert run.failures, f"the emulator let ruff #12284 through:\n{run.output[-3000:]}"
@@ -95,7 +96,7 @@ def test_a_naive_cache_fails_the_run_under_the_emulator_as_on_windows(tmp_path: 
 
 
 def test_safecache_never_fails_the_run(tmp_path: Path, stress: bool) -> None:
-    files = 400 if stress else 50
+    files = 400 if stress else 64
     run = _run(tmp_path, "safecache", files=files, denials=0.02 if stress else None)
     print(f"safecache: {len(run.failures)} of {2 * files} items failed in {run.seconds:.1f} s")
     assert not run.failures, "\n\n".join(run.failures[:3])

@@ -9,12 +9,17 @@ times, each round's batches having run back to back):
 
 * writes, for 1 KiB and 1 MiB values, to new keys every round (nothing is
   deleted until the run ends: on ext4, deleting files makes creating them
-  slower for a while): ``bucket.put(key, data)``; ``with bucket.writer(key) as f: f.write(data)``; ``bucket.put(key,
-  data, meta=...)`` with 200 bytes of HTTP-like metadata;
+  slower for a while): ``bucket.put(key, data)``; ``with bucket.writer(key)
+  as f: f.write(data)``; ``bucket.put(key, data, meta=...)`` with 200 bytes
+  of HTTP-like metadata;
 * reads of one 1 KiB and one 10 MiB entry, each stored with that metadata and
   read over and over (in the page cache): ``bucket.get_meta(key)`` and
   ``bucket.get(key)``.  ``get_meta`` reads the entry's header, never its
-  value, so its cost should not grow with the value's size;
+  value, so its cost should not grow with the value's size.  The short
+  batches (``get_meta`` of both entries, ``get`` of the 1 KiB one) are
+  interleaved in rounds of their own; ``get`` of the 10 MiB entry, which
+  takes as long as hundreds of them, in fewer rounds against ``get_meta`` of
+  the same entry;
 * metadata of a 10 MiB entry replaced: ``bucket.set_meta(key, meta)`` (a
   sidecar file, the value untouched) against what a caller without it would
   do, ``bucket.put(key, value, meta=meta)`` of the same 10 MiB value with new
@@ -27,6 +32,7 @@ busy machine.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from .common import (
@@ -60,11 +66,11 @@ META = (
 
 def config(ctx: Ctx) -> dict[str, Any]:
     # writes: [size, calls per batch]; reads/set_meta: calls per batch of each contender.
-    return ctx.pick(
+    picked: dict[str, Any] = ctx.pick(
         full={
             "writes": [[KiB, 300], [MiB, 10]],
             "write_reps": 15,
-            "reads": {"small": 300, "meta_big": 300, "get_big": 4},
+            "reads": {"small": 300, "meta_big": 300, "get_big": 4, "meta_reps": 41},
             "set_meta": {"set_meta": 100, "put": 2},
             "reps": 21,
             "warmup": 2,
@@ -72,7 +78,7 @@ def config(ctx: Ctx) -> dict[str, Any]:
         quick={
             "writes": [[KiB, 100], [MiB, 6]],
             "write_reps": 9,
-            "reads": {"small": 100, "meta_big": 100, "get_big": 2},
+            "reads": {"small": 100, "meta_big": 100, "get_big": 2, "meta_reps": 21},
             "set_meta": {"set_meta": 40, "put": 1},
             "reps": 9,
             "warmup": 1,
@@ -80,12 +86,13 @@ def config(ctx: Ctx) -> dict[str, Any]:
         smoke={
             "writes": [[KiB, 5], [MiB, 2]],
             "write_reps": 2,
-            "reads": {"small": 5, "meta_big": 5, "get_big": 1},
+            "reads": {"small": 5, "meta_big": 5, "get_big": 1, "meta_reps": 2},
             "set_meta": {"set_meta": 3, "put": 1},
             "reps": 2,
             "warmup": 1,
         },
     )
+    return picked
 
 
 def size_label(size: int) -> str:
@@ -140,7 +147,7 @@ def bench_writes(ctx: Ctx, bucket: Any, size: int, n: int, reps: int, warmup: in
             put(k, v, meta=META)
         return perf_ns() - t0
 
-    contenders = {"put": do_put, "writer": do_writer, "put, meta": do_put_meta}
+    contenders: dict[str, Callable[[Any], int]] = {"put": do_put, "writer": do_writer, "put, meta": do_put_meta}
     ctx.log(f"  [entries] writes of {size_label(size)}: {reps} interleaved rounds of 3 batches of {n} ...")
     before = bucket.counters.writes
     wall, cpu = interleaved(contenders, reps, warmup, prepare)
@@ -192,37 +199,50 @@ def bench_reads(ctx: Ctx, bucket: Any, cfg: dict[str, Any], reps: int, warmup: i
     if not all(checks):
         raise RuntimeError("the entries do not read back as written: not benchmarking a broken cache")
     del big
-    n = {
+    n: dict[str, int] = {
         "get_meta, 1 KiB": cfg["small"],
         "get, 1 KiB": cfg["small"],
         "get_meta, 10 MiB": cfg["meta_big"],
         "get, 10 MiB": cfg["get_big"],
     }
     get, get_meta = bucket.get, bucket.get_meta
-    contenders = {
+    batch = {
         "get_meta, 1 KiB": lambda _: repeat(get_meta, "read-1KiB", n["get_meta, 1 KiB"]),
         "get, 1 KiB": lambda _: repeat(get, "read-1KiB", n["get, 1 KiB"]),
         "get_meta, 10 MiB": lambda _: repeat(get_meta, "read-10MiB", n["get_meta, 10 MiB"]),
         "get, 10 MiB": lambda _: repeat(get, "read-10MiB", n["get, 10 MiB"]),
     }
     misses = bucket.counters.misses
-    ctx.log(f"  [entries] get_meta and get of 1 KiB and 10 MiB: {reps} interleaved rounds ...")
-    wall, cpu = interleaved(contenders, reps, warmup)
+    # The short batches in many rounds of their own (a 10 MiB get takes as
+    # long as hundreds of them: with it in every round, each round would
+    # span a long stretch of the machine's load); then the 10 MiB get against
+    # get_meta of the same entry.
+    short = ("get_meta, 1 KiB", "get, 1 KiB", "get_meta, 10 MiB")
+    meta_reps = cfg["meta_reps"]
+    ctx.log(f"  [entries] get_meta of 1 KiB and 10 MiB entries, get of 1 KiB: {meta_reps} interleaved rounds ...")
+    wall, cpu = interleaved({name: batch[name] for name in short}, meta_reps, warmup)
+    ctx.log(f"  [entries] get against get_meta of a 10 MiB entry: {reps} interleaved rounds ...")
+    big_wall, big_cpu = interleaved({name: batch[name] for name in ("get_meta, 10 MiB", "get, 10 MiB")}, reps, warmup)
     if bucket.counters.misses != misses:
         raise RuntimeError("a timed get missed")
 
-    def ratio(a: str, b: str) -> float:
-        return per_call_ratio(wall[a], n[a], wall[b], n[b])
+    def ratio(a: str, b: str, w: dict[str, list[int]] = wall) -> float:
+        return per_call_ratio(w[a], n[a], w[b], n[b])
 
+    def cpu_per_call(c: dict[str, list[int]], name: str) -> float:
+        return float(statistics.median(c[name])) / n[name]
+
+    results = {name: summary_us(wall[name], n[name], cpu[name]) for name in short}
+    results["get, 10 MiB"] = summary_us(big_wall["get, 10 MiB"], n["get, 10 MiB"], big_cpu["get, 10 MiB"])
     return {
         "n": n,
-        "results": {name: summary_us(wall[name], n[name], cpu[name]) for name in READS},
+        "rounds": {"short": meta_reps, "get, 10 MiB": reps},
+        "results": results,
         "ratios": {
             "get_meta_10mib_vs_1kib": ratio("get_meta, 10 MiB", "get_meta, 1 KiB"),
+            "cpu_get_meta_10mib_vs_1kib": cpu_per_call(cpu, "get_meta, 10 MiB") / cpu_per_call(cpu, "get_meta, 1 KiB"),
             "get_meta_vs_get_1kib": ratio("get_meta, 1 KiB", "get, 1 KiB"),
-            "get_meta_vs_get_10mib": ratio("get_meta, 10 MiB", "get, 10 MiB"),
-            "cpu_get_meta_10mib_vs_1kib": (statistics.median(cpu["get_meta, 10 MiB"]) / n["get_meta, 10 MiB"])
-            / (statistics.median(cpu["get_meta, 1 KiB"]) / n["get_meta, 1 KiB"]),
+            "get_meta_vs_get_10mib": ratio("get_meta, 10 MiB", "get, 10 MiB", big_wall),
         },
     }
 
@@ -231,7 +251,7 @@ def bench_set_meta(ctx: Ctx, bucket: Any, cfg: dict[str, Any], reps: int, warmup
     big = value(BIG, "set-meta")
     if not (bucket.put("set-meta-10MiB", big, meta=META) and bucket.put("reput-10MiB", big, meta=META)):
         raise RuntimeError("put failed: see the warning above")
-    n = {"set_meta, 10 MiB": cfg["set_meta"], "put, 10 MiB, new meta": cfg["put"]}
+    n: dict[str, int] = {"set_meta, 10 MiB": cfg["set_meta"], "put, 10 MiB, new meta": cfg["put"]}
     set_meta, put = bucket.set_meta, bucket.put
     count = [0]
 
@@ -255,7 +275,7 @@ def bench_set_meta(ctx: Ctx, bucket: Any, cfg: dict[str, Any], reps: int, warmup
             put("reput-10MiB", big, meta=m)
         return perf_ns() - t0
 
-    contenders = {"set_meta, 10 MiB": do_set_meta, "put, 10 MiB, new meta": do_put}
+    contenders: dict[str, Callable[[Any], int]] = {"set_meta, 10 MiB": do_set_meta, "put, 10 MiB, new meta": do_put}
     ctx.log(f"  [entries] set_meta of a 10 MiB entry against a put of it: {reps} interleaved rounds ...")
     before = bucket.counters.writes
     wall, cpu = interleaved(contenders, reps, warmup)
@@ -270,7 +290,10 @@ def bench_set_meta(ctx: Ctx, bucket: Any, cfg: dict[str, Any], reps: int, warmup
         "results": {name: summary_us(wall[name], n[name], cpu[name]) for name in SET_META},
         "ratios": {
             "set_meta_vs_put": per_call_ratio(
-                wall["set_meta, 10 MiB"], n["set_meta, 10 MiB"], wall["put, 10 MiB, new meta"], n["put, 10 MiB, new meta"]
+                wall["set_meta, 10 MiB"],
+                n["set_meta, 10 MiB"],
+                wall["put, 10 MiB, new meta"],
+                n["put, 10 MiB, new meta"],
             )
         },
     }
@@ -316,7 +339,7 @@ def targets(result: dict[str, Any] | None) -> list[dict[str, Any]]:
     ]
 
 
-def _row(name: str, s: dict[str, Any], ratio: str) -> list[str]:
+def _row(name: str, s: dict[str, Any], ratio: str) -> list[object]:
     return [
         name,
         fmt_us(s["median_us"]),
@@ -347,19 +370,27 @@ def markdown(result: dict[str, Any]) -> str:
     vs = {
         "get_meta, 1 KiB": fmt_ratio(ratios["get_meta_vs_get_1kib"]) + " of get",
         "get, 1 KiB": "1",
-        "get_meta, 10 MiB": fmt_ratio(ratios["get_meta_vs_get_10mib"]) + " of get; "
+        "get_meta, 10 MiB": fmt_ratio(ratios["get_meta_vs_get_10mib"])
+        + " of get; "
         + fmt_ratio(ratios["get_meta_10mib_vs_1kib"])
         + " of get_meta, 1 KiB",
         "get, 10 MiB": "1",
     }
     parts.append(
-        f"Reads of one entry over and over ({cfg['reps']} interleaved rounds; batches of "
-        + ", ".join(f"{reads['n'][name]} for {name}" for name in READS)
-        + ")."
+        "Reads of one entry over and over: batches of "
+        + ", ".join(f"{reads['n'][name]} for {name}" for name in READS[:3])
+        + f" in {reads['rounds']['short']} interleaved rounds; batches of {reads['n']['get, 10 MiB']} for get, 10 MiB "
+        f"interleaved with get_meta of the same entry in {reads['rounds']['get, 10 MiB']} rounds, which give its "
+        "ratio. The CPU ratio of get_meta 10 MiB / 1 KiB is "
+        f"{fmt_ratio(ratios['cpu_get_meta_10mib_vs_1kib'])}."
     )
-    parts.append(md_table(["contender", "per call (median)", "IQR", "CPU per call", "ratio"], [
-        _row(name, r[name], vs[name]) for name in READS
-    ], "lrrrr"))
+    parts.append(
+        md_table(
+            ["contender", "per call (median)", "IQR", "CPU per call", "ratio"],
+            [_row(name, r[name], vs[name]) for name in READS],
+            "lrrrr",
+        )
+    )
 
     sm = result["set_meta"]
     r = sm["results"]
@@ -368,10 +399,16 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{sm['n'][name]} for {name}" for name in SET_META)
         + ")."
     )
-    parts.append(md_table(["contender", "per call (median)", "IQR", "CPU per call", "vs put"], [
-        _row("set_meta, 10 MiB", r["set_meta, 10 MiB"], fmt_ratio(sm["ratios"]["set_meta_vs_put"])),
-        _row("put, 10 MiB, new meta", r["put, 10 MiB, new meta"], "1"),
-    ], "lrrrr"))
+    parts.append(
+        md_table(
+            ["contender", "per call (median)", "IQR", "CPU per call", "vs put"],
+            [
+                _row("set_meta, 10 MiB", r["set_meta, 10 MiB"], fmt_ratio(sm["ratios"]["set_meta_vs_put"])),
+                _row("put, 10 MiB, new meta", r["put, 10 MiB, new meta"], "1"),
+            ],
+            "lrrrr",
+        )
+    )
     prof = result["writes"].get("1 MiB", {}).get("profile")
     if prof:
         parts.append(profile_markdown("Profile of the writer's 1 MiB batches", prof))

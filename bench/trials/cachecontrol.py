@@ -71,7 +71,7 @@ def _serve(port_out: Any, counts: Any, period: float, stop: Any) -> None:
         def log_message(self, *args: object) -> None:  # quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             parts = self.path.strip("/").split("/")
             if len(parts) != 2 or parts[0] not in ("u", "fresh") or not parts[1].isdigit():
                 self.send_error(404)
@@ -276,7 +276,7 @@ def hit_latency(origin: Origin, work: str, size: int, rounds: int) -> dict[str, 
         for backend, session in sessions.items():
             began = time.perf_counter()
             response = session.get(url)
-            response.content
+            _ = response.content
             times[backend].append(time.perf_counter() - began)
             assert response.from_cache
     # The cache alone: CacheControl's lookup calls, get then get_body, and the read.

@@ -248,7 +248,9 @@ class Tier:
         with self._lock:
             self._failures += 1
             if self._failures >= BREAKER_FAILURES:
-                self._failures = 0
+                # Half-open after the cooldown: one request tries again, and if it
+                # fails too the breaker opens again at once (not after three more).
+                self._failures = BREAKER_FAILURES - 1
                 self._open_until = time.monotonic() + BREAKER_COOLDOWN
                 opened = True
             else:

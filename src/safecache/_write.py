@@ -149,8 +149,10 @@ def _identical(
         size = ops.fstat(fd).st_size
         if expires:
             return size  # a new expiry is a new entry
-        # One read for a small entry: its header region, then its bytes.
-        first = ops.read(fd, HEADER_SIZE + len(meta) + _format.MAX_KEY + min(length, _CHUNK))
+        # One read for a small entry (its header region, then its bytes); a
+        # large one's header is checked before any of its bytes are read.
+        region = HEADER_SIZE + len(meta) + _format.MAX_KEY
+        first = ops.read(fd, region + (length if length <= _format.BLOCK else 0))
         header = _format.parse_header(first, digest)
         if (
             header.version != _format.VERSION

@@ -215,7 +215,7 @@ class CacheControlCache(SeparateBodyBaseCache):
             bucket.set_meta(key, meta)
 
 
-def _ttl(expires: int | float | datetime | None) -> float | None:
+def _ttl(expires: float | datetime | None) -> float | None:
     """CacheControl's ``expires`` (seconds from now, or when) as a ttl."""
     if expires is None:
         return None

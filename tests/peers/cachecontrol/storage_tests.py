@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import safecache_cache
-
 from tests import test_cache_control as peer_controller_tests
 from tests.test_storage_filecache import FileCacheTestsMixin
 
