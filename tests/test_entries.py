@@ -340,3 +340,13 @@ def test_a_disabled_cache_pickles_as_disabled(cache_dir: Path) -> None:
 def test_the_entry_format_is_version_2(bucket: safecache.Bucket) -> None:
     bucket.put("k", b"v")
     assert _format.parse_header(Path(bucket.path_for("k")).read_bytes(), None).version == 2  # type: ignore[arg-type]
+
+
+def test_set_meta_with_expect_refuses_when_the_entry_changed(bucket: safecache.Bucket) -> None:
+    bucket.put("k", b"old", meta=b"m1")
+    bucket.put("k", b"new", meta=b"m2")  # another process's put, after the caller read m1
+    assert bucket.set_meta("k", b"revalidated", expect=b"m1") is False
+    assert bucket.get_with_meta("k") == (b"new", b"m2")
+    assert bucket.set_meta("k", b"revalidated", expect=b"m2") is True
+    assert bucket.get_with_meta("k") == (b"new", b"revalidated")
+    assert bucket.set_meta("k", b"again", expect=b"m2") is False  # expect is the current metadata, sidecar included

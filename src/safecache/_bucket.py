@@ -360,12 +360,14 @@ class Bucket:
         """
         return _write.EntryWriter(self, key, kind=kind, meta=meta, ttl=ttl)
 
-    def set_meta(self, key: Key, meta: bytes) -> bool:
+    def set_meta(self, key: Key, meta: bytes, *, expect: bytes | None = None) -> bool:
         """Replace the metadata of ``key``'s entry without rewriting or copying
         its value (an HTTP 304 revalidation updates the headers of a 50 MB
         body).  Atomic with respect to readers and to a concurrent ``put``
-        (a put that lands later wins).  False when there is no entry.  Since 0.2."""
-        return _write.set_meta(self, key, meta)
+        (a put that lands later wins).  With ``expect``, only if the current
+        metadata equals it, so it never attaches to a value stored since the
+        caller read.  False when there is no entry or ``expect`` differs.  Since 0.2."""
+        return _write.set_meta(self, key, meta, expect=expect)
 
     def touch(self, key: Key) -> bool:
         """Record a use of ``key``'s entry now (trimming is least recently used

@@ -12,6 +12,7 @@ raises (``GetLastError()`` codes, learn.microsoft.com "System Error Codes
 from __future__ import annotations
 
 import errno as _errno
+import sys
 
 # -- Windows system error codes ----------------------------------------------------
 ERROR_INVALID_FUNCTION = 1  # a link kind the file system does not implement
@@ -81,6 +82,21 @@ def winerror(exc: BaseException) -> int | None:
     return getattr(exc, "winerror", None)
 
 
+#: Operations on an open descriptor (no permission check happens there).
+DESCRIPTOR_IO_OPS = frozenset({"read", "write", "pread", "pwrite"})
+#: Whether bare EACCES from descriptor I/O means a lock violation: on Windows,
+#: and while safecache.testing emulates Windows (:func:`windows_io`).
+_WINDOWS_IO = sys.platform == "win32"
+
+
+def windows_io(on: bool) -> bool:
+    """Declare whether descriptor I/O follows Windows' rules (the Windows
+    emulator does, while installed); returns the previous setting."""
+    global _WINDOWS_IO
+    previous, _WINDOWS_IO = _WINDOWS_IO, on or sys.platform == "win32"
+    return previous
+
+
 def is_transient(exc: OSError, op: str) -> bool:
     """Whether ``exc`` from ``op`` is worth retrying (the file is in use).
 
@@ -99,6 +115,12 @@ def is_transient(exc: OSError, op: str) -> bool:
             cause = access_denied_cause(exc)
             return cause == "delete-pending" or (op == OPEN_FOR_READ and cause == "unknown")
         return False
+    if exc.errno == _errno.EACCES and op in DESCRIPTOR_IO_OPS and _WINDOWS_IO:
+        # Windows: os.read/os.write go through the C runtime, which reports a
+        # byte-range lock held by another process (ERROR_LOCK_VIOLATION, 33)
+        # as a bare EACCES without winerror.  A descriptor already open for
+        # that access cannot be denied it for permissions: it is a lock.
+        return True
     return exc.errno in TRANSIENT_ERRNOS
 
 

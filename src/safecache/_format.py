@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from . import _osops
+from . import _fs, _osops
 
 MAGIC = b"\x89SCE"
 VERSION = 2
@@ -238,7 +238,7 @@ def read_entry(
     crc = crc32(first)
     seen = len(first)
     while True:
-        chunk = ops.read(fd, CHUNK)
+        chunk = _fs.retry("read", ops.read, fd, CHUNK)  # a lock violation (Windows 33) is transient
         if not chunk:
             break
         crc = crc32(chunk, crc)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _format, _fs, _keys, _layout, _osops, _stats
+from . import _format, _fs, _keys, _layout, _osops, _read, _stats
 from ._format import HEADER_SIZE, Invalid
 from ._location import READY
 
@@ -315,7 +315,7 @@ class EntryWriter:
                 self._length, self._now, bytes.fromhex(self._digest), self._crc & 0xFFFFFFFF, self._kind,
                 key=self._encoding, meta=self._meta, expires_ns=self._expires,
             )
-            if ops.pwrite(self._fd, head, 0) != len(head):
+            if _fs.retry("pwrite", ops.pwrite, self._fd, head, 0) != len(head):
                 raise OSError(5, "short header write", self._tmp)
             if cache.durable:
                 ops.fsync(self._fd)
@@ -394,7 +394,9 @@ def iter_source(source: Source) -> Iterable[bytes | bytearray | memoryview]:
 
 
 # -- metadata after the fact ---------------------------------------------------------------------
-def set_meta(bucket: Bucket, key: Key, meta: bytes | bytearray | memoryview) -> bool:
+def set_meta(
+    bucket: Bucket, key: Key, meta: bytes | bytearray | memoryview, *, expect: bytes | None = None
+) -> bool:
     """``Bucket.set_meta``: see its docstring."""
     meta_bytes = check_meta(meta)
     if bucket.directory is None or not bucket._writable("set_meta"):
@@ -415,8 +417,11 @@ def set_meta(bucket: Bucket, key: Key, meta: bytes | bytearray | memoryview) -> 
             _osops.current.close(fd)
         if header.expired(time.time_ns()):
             return False
-        # The sidecar names the value it belongs to: a put that lands after
-        # this makes it stale, and readers then ignore it.
+        if expect is not None and _read.current_meta(bucket, path, header) != expect:
+            return False  # another put or set_meta landed since the caller read it
+        # The sidecar names the value it belongs to (the one whose metadata
+        # was just compared): a put that lands after this makes it stale,
+        # and readers then ignore it.
         _fs.write_file(
             _layout.meta_path(path),
             [_format.pack_meta(header.written_ns, header.payload_crc, meta_bytes)],

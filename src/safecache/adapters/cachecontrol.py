@@ -208,11 +208,9 @@ class CacheControlCache(SeparateBodyBaseCache):
                 bucket.put(key, b"", kind="fetched", meta=meta, ttl=pending.ttl)
             return
         # Only onto the body those headers describe: the entry this thread
-        # read, not one another process stored since.
-        # TODO(store): a conditional set_meta(key, meta, expect=pending.base)
-        # closes the window between this read and the replacement.
-        if bucket.get_meta(key) == pending.base:
-            bucket.set_meta(key, meta)
+        # read, not one another process stored since (checked by the store,
+        # after it reads the header it attaches the new metadata to).
+        bucket.set_meta(key, meta, expect=pending.base)
 
 
 def _ttl(expires: float | datetime | None) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from safecache import _osops
+from safecache import _errcodes, _osops
 from safecache._osops import OsOps  # published as safecache.testing.OsOps
 
 from ._windows import WindowsOps
@@ -24,10 +24,14 @@ _enabled: list[OsOps] = []  # what enable_windows_semantics replaced, innermost 
 def _installed(ops: OsOps) -> Iterator[None]:
     previous = _osops.current
     _osops.current = ops
+    # Windows reports a byte-range lock on read/write as a bare EACCES: the
+    # library must read it so while Windows is emulated.
+    io = _errcodes.windows_io(isinstance(ops, WindowsOps) or _errcodes._WINDOWS_IO)
     try:
         yield
     finally:
         _osops.current = previous
+        _errcodes.windows_io(io)
 
 
 @contextlib.contextmanager
@@ -106,6 +110,7 @@ def enable_windows_semantics(
     )
     _enabled.append(_osops.current)
     _osops.current = ops
+    _errcodes.windows_io(True)
     return ops
 
 
@@ -115,3 +120,4 @@ def disable_windows_semantics() -> None:
     force."""
     if _enabled:
         _osops.current = _enabled.pop()
+        _errcodes.windows_io(isinstance(_osops.current, WindowsOps))
