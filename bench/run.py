@@ -12,7 +12,9 @@ memory), 4 trees (placing 10,000 files against cp -r), 5 scale (1,000 vs
 1,000,000 entries; info, trim and clean), 6 startup (import and `safecache
 dir`), 7 contention (1-8 processes, same and disjoint keys), 8 memoize (a
 warm call against a bare get), 9 entries (the writer against put, get_meta
-against get, set_meta against a put).
+against get, set_meta against a put), 10 remote (a remote hit against the
+bare client, put with upload, a CI runner's fresh cache against a tar
+restore; on loopback servers: nginx, redis-server, moto).
 ``--sections`` picks some (names or numbers).  Nothing here asserts on
 times: a missed target is reported, never an error, and every target is
 listed in every run (not measured, with the reason, when it was not).  The

@@ -13,12 +13,13 @@ them with the notes in ``bench/notes/``):
 7. ``contention`` throughput of 1, 2, 4, 8 processes on the same and on disjoint keys
 8. ``memoize``    a memoized function's warm call against a bare get of the same value
 9. ``entries``    the writer against put, get_meta against get, set_meta against a put
+10. ``remote``    a remote hit against the bare client, put with upload, a CI runner's fresh cache against a tar restore
 """
 
-SECTIONS = ("workload", "floor", "large", "trees", "scale", "startup", "contention", "memoize", "entries")
+SECTIONS = ("workload", "floor", "large", "trees", "scale", "startup", "contention", "memoize", "entries", "remote")
 
 #: The order they run in: the sections that delete many files (trees, scale)
 #: run last, because on an ext4 without a journal every deletion makes file
 #: creation slower for minutes afterwards (trees.ext4_journal), which
 #: would leak into the sections measured after them.
-RUN_ORDER = ("workload", "floor", "large", "startup", "contention", "memoize", "entries", "trees", "scale")
+RUN_ORDER = ("workload", "floor", "large", "startup", "contention", "memoize", "entries", "remote", "trees", "scale")

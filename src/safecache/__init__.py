@@ -86,9 +86,9 @@ _cache._auto_trim = _auto_trim
 # workers, subprocesses) with this variable (docs/testing.md).  Unset, it
 # costs one lookup; only then is the testing package imported.
 if _os.environ.get("SAFECACHE_EMULATE_WINDOWS"):
-    from importlib import import_module as _import_module
+    from .testing import _environ as _emulation
 
-    _import_module("safecache.testing._environ").enable_from_environment()
+    _emulation.enable_from_environment()
 
 __all__ = [
     "Bucket",
