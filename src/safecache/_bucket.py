@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
@@ -240,19 +239,9 @@ class Bucket:
         if self.directory is None or cache.state is DISABLED:
             return False
         digest, path = self._locate(key)
-        ops = _osops.current
         try:
-            opened = _fs.read_file(path, budget=cache.retry_budget)
-            if opened is None:
-                return False
-            fd, block = opened
-            try:
-                header = _format.parse_header(block, bytes.fromhex(digest))
-                return ops.fstat(fd).st_size == header.offset + header.length and not header.expired(time.time_ns())
-            finally:
-                ops.close(fd)
-        except Invalid:
-            return False
+            header = _read.header_of(path, digest, budget=cache.retry_budget)
+            return header is not None and not header.expired(time.time_ns())
         except OSError as exc:
             self.counters.error(cache._failed("contains", exc, path))
             return False

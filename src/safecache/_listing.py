@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _format, _fs, _keys, _layout, _osops, _stats
-from ._format import Invalid
+from . import _format, _fs, _keys, _layout, _osops, _read, _stats
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
@@ -80,30 +79,12 @@ def _entry_files(bucket: Bucket) -> Iterator[tuple[str, str]]:
             yield name, os.path.join(directory, name)
 
 
-def _header(path: str, digest: str) -> _format.Header | None:
-    """The validated header of the entry at ``path`` (with its current
-    metadata), or None if it is gone, torn or not an entry."""
-    opened = _fs.read_file(path, budget=0.05)
-    if opened is None:
-        return None
-    fd, block = opened
-    try:
-        header = _format.parse_header(block, bytes.fromhex(digest))
-        if _osops.current.fstat(fd).st_size != header.offset + header.length:
-            return None
-    except Invalid:
-        return None
-    finally:
-        _osops.current.close(fd)
-    return header
-
-
 def items(bucket: Bucket) -> Iterator[EntryInfo]:
     """``Bucket.items``: see its docstring."""
     now = time.time_ns()
     for digest, path in _entry_files(bucket):
         try:
-            header = _header(path, digest)
+            header = _read.header_of(path, digest, budget=0.05)
         except OSError:
             continue
         if header is None or header.expired(now):

@@ -34,29 +34,37 @@ MTIME_INTERVAL_NS = 3600 * 10**9
 _CLEANUP_BUDGET = 0.05
 
 
+def header_of(path: str, digest: str, *, budget: float) -> _format.Header | None:
+    """The validated header of the entry at ``path`` when the file holds a
+    whole entry of that size (the payload's checksum is not read); None when
+    it is absent, not a regular file, torn or invalid.  Raises OSError for a
+    failure to read it (the caller applies the error policy)."""
+    opened = _fs.read_file(path, budget=budget)
+    if opened is None:
+        return None
+    fd, block = opened
+    try:
+        header = _format.parse_header(block, bytes.fromhex(digest))
+        return header if _osops.current.fstat(fd).st_size == header.offset + header.length else None
+    except Invalid:
+        return None
+    finally:
+        _osops.current.close(fd)
+
+
 def get_meta(bucket: Bucket, key: Key) -> bytes | None:
     """``Bucket.get_meta``: see its docstring."""
     cache = bucket.cache
     if bucket.directory is None or cache.state is DISABLED:
         return None
     digest, path = bucket._locate(key)
-    ops = _osops.current
     try:
-        opened = _fs.read_file(path, budget=cache.retry_budget)
-        if opened is None and cache.tier is not None and cache.tier.fetch(bucket, digest, path) is not None:
-            opened = _fs.read_file(path, budget=cache.retry_budget)  # the remote's entry, now local
-        if opened is None:
+        header = header_of(path, digest, budget=cache.retry_budget)
+        if header is None and cache.tier is not None and cache.tier.fetch(bucket, digest, path) is not None:
+            header = header_of(path, digest, budget=cache.retry_budget)  # the remote's entry, now local
+        if header is None or header.expired(time.time_ns()):
             return None
-        fd, block = opened
-        try:
-            header = _format.parse_header(block, bytes.fromhex(digest))
-            if ops.fstat(fd).st_size != header.offset + header.length or header.expired(time.time_ns()):
-                return None
-        finally:
-            ops.close(fd)
         return current_meta(bucket, path, header)
-    except Invalid:
-        return None
     except OSError as exc:
         bucket.counters.error(cache._failed("get_meta", exc, path))
         return None

@@ -405,17 +405,8 @@ def set_meta(
     digest = _keys.key_digest(key)
     path = _layout.entry_path(bucket.directory, digest)
     try:
-        opened = _fs.read_file(path, budget=cache.retry_budget)
-        if opened is None:
-            return False
-        fd, block = opened
-        try:
-            header = _format.parse_header(block, bytes.fromhex(digest))
-            if _osops.current.fstat(fd).st_size != header.offset + header.length:
-                return False
-        finally:
-            _osops.current.close(fd)
-        if header.expired(time.time_ns()):
+        header = _read.header_of(path, digest, budget=cache.retry_budget)
+        if header is None or header.expired(time.time_ns()):
             return False
         if expect is not None and _read.current_meta(bucket, path, header) != expect:
             return False  # another put or set_meta landed since the caller read it
