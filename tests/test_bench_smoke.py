@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 COMPARE = ROOT / "bench" / "compare.py"
-SECTIONS = ("workload", "floor", "large", "trees", "scale", "startup", "contention", "memoize", "entries")
+SECTIONS = ("workload", "floor", "large", "trees", "scale", "startup", "contention", "memoize", "entries", "remote")
 
 
 def test_suite_smoke_run_writes_every_section(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_suite_smoke_run_writes_every_section(tmp_path: Path) -> None:
         assert "error" not in section, f"section {name} failed: {section['error']}"
         assert isinstance(section["targets"], list)
     assert data["targets"], "no target evaluated"
-    assert {t["section"] for t in data["targets"]} >= {"1", "2", "3", "4", "5", "6", "8", "9"}
+    assert {t["section"] for t in data["targets"]} >= {"1", "2", "3", "4", "5", "6", "8", "9", "10"}
     assert all(t["status"] for t in data["targets"])
     assert report.read_text(encoding="utf-8").startswith("# Performance")
     assert list(work.iterdir()) == [], "the suite left its work directory behind"

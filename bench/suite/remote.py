@@ -77,11 +77,26 @@ S3_BUCKET = "safecache-bench"
 
 
 def config(ctx: Ctx) -> dict[str, Any]:
-    return ctx.pick(
-        full={"n_hit": {1024: 300, 64 * KiB: 60}, "n_put": 1000, "reps": 15, "warmup": 2, "ci_entries": 10_000, "ci_reps": 3},
-        quick={"n_hit": {1024: 100, 64 * KiB: 20}, "n_put": 300, "reps": 7, "warmup": 1, "ci_entries": 1000, "ci_reps": 1},
+    picked: dict[str, Any] = ctx.pick(
+        full={
+            "n_hit": {1024: 300, 64 * KiB: 60},
+            "n_put": 1000,
+            "reps": 15,
+            "warmup": 2,
+            "ci_entries": 10_000,
+            "ci_reps": 3,
+        },
+        quick={
+            "n_hit": {1024: 100, 64 * KiB: 20},
+            "n_put": 200,
+            "reps": 5,
+            "warmup": 1,
+            "ci_entries": 1000,
+            "ci_reps": 1,
+        },
         smoke={"n_hit": {1024: 10}, "n_put": 20, "reps": 2, "warmup": 1, "ci_entries": 50, "ci_reps": 1},
     )
+    return picked
 
 
 # -- servers and bare clients --------------------------------------------------------------------
@@ -132,6 +147,7 @@ class Remote:
 
     def __init__(self, kind: str, port: int, stack: ExitStack) -> None:
         self.kind, self.port = kind, port
+        self._client: Any = None
         if kind == "http":
             import http.client
 
@@ -148,7 +164,11 @@ class Remote:
             import boto3
             from botocore.config import Config
 
-            options = {"connect_timeout": 2, "read_timeout": 30, "retries": {"total_max_attempts": 1, "mode": "standard"}}
+            options = {
+                "connect_timeout": 2,
+                "read_timeout": 30,
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
+            }
             options["s3"] = {"addressing_style": "path"}
             known = getattr(Config, "OPTION_DEFAULTS", {})
             for name in ("request_checksum_calculation", "response_checksum_validation"):
@@ -266,6 +286,7 @@ def measure_hits(ctx: Ctx, remote: Remote, size: int, n: int, cfg: dict[str, Any
         bucket = reader.bucket(BUCKET, VERSION)
         if bucket.get("warm") is None:  # the connection made, the client imported
             raise RuntimeError("the warm-up get missed")
+        assert bucket.directory is not None
         for i in range(256):  # the fan-out directories, as in a cache in use (a fresh one pays for them once)
             os.makedirs(os.path.join(bucket.directory, f"{i:02x}"), exist_ok=True)
         return reader, bucket
@@ -308,6 +329,7 @@ def measure_puts(ctx: Ctx, remote: Remote, cfg: dict[str, Any], tag: str) -> dic
     local = safecache.Cache(ctx.subdir(f"{tag}/put-local"), auto_trim=False)
     remote_bucket, local_bucket = with_remote.bucket(BUCKET, VERSION), local.bucket(BUCKET, VERSION)
     tier = with_remote.tier
+    assert tier is not None
 
     def prepare(r: int) -> list[str]:
         return [f"put-{r}-{i}" for i in range(n)]
@@ -328,7 +350,10 @@ def measure_puts(ctx: Ctx, remote: Remote, cfg: dict[str, Any], tag: str) -> dic
             put(k, value)
         return perf_ns() - t0
 
-    contenders = {"put, background upload": put_with_upload, "put, local only": put_local}
+    contenders: dict[str, Callable[[Any], int]] = {
+        "put, background upload": put_with_upload,
+        "put, local only": put_local,
+    }
     ctx.log(f"  [remote {remote.kind}] {cfg['reps']} rounds of {n} puts of 1 KiB, with and without the remote ...")
     wall, cpu = interleaved(contenders, cfg["reps"], cfg["warmup"], prepare)
     stats = tier.stats.as_dict()
@@ -377,7 +402,7 @@ def measure_ci(ctx: Ctx, remote: Remote, cfg: dict[str, Any], tag: str) -> dict[
         for k in keys:
             bucket.get(k)
         through_remote = perf_ns() - t0
-        hits = fresh.tier.stats.hits
+        hits = fresh.tier.stats.hits if fresh.tier is not None else 0
         fresh.close()
         if hits != n:
             raise RuntimeError(f"the fresh runner got {hits} of {n} entries through the remote")
@@ -471,7 +496,10 @@ def _fmt_s(seconds: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     servers = result["servers"]
     cfg = result["config"]
-    hit_rows, put_rows, ci_rows, skipped = [], [], [], []
+    hit_rows: list[list[object]] = []
+    put_rows: list[list[object]] = []
+    ci_rows: list[list[object]] = []
+    skipped: list[str] = []
     for kind in KINDS:
         found = servers.get(kind)
         if found is None:
