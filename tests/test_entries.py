@@ -93,7 +93,9 @@ def _put_and_set_meta(root: str, n: int, worker: int) -> None:
         else:
             got = bucket.get_with_meta("k")
             if got is not None:
-                bucket.set_meta("k", got[0] + b"-meta")
+                # Metadata computed from the value read: only onto that value
+                # (a put may land in between; expect= refuses then).
+                bucket.set_meta("k", got[0] + b"-meta", expect=got[1])
 
 
 def _check_pairs(root: str, n: int) -> int:
