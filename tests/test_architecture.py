@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "_manifest": 7,
     "_tree": 7,
     "_trees": 7,
+    "_tree_remote": 7,
     "_place": 7,
     # 8: maintenance and diagnosis
     "_walk": 8,

@@ -713,3 +713,35 @@ def test_after_the_cooldown_one_failed_request_opens_the_breaker_again(tmp_path:
         assert tier.stats.errors == {"refused": _tier.BREAKER_FAILURES + 3}, tier.stats.errors
     assert len([w for w in caught if "failed 3 times" in str(w.message)]) == 1
     cache.close()
+
+
+def _fill_tree(path: str) -> None:
+    os.makedirs(os.path.join(path, "pkg"))
+    Path(path, "pkg", "__init__.py").write_text("VERSION = 1\n")
+    Path(path, "pkg", "data.bin").write_bytes(os.urandom(70_000))
+    os.symlink("__init__.py", os.path.join(path, "pkg", "alias.py"))
+
+
+def test_trees_travel_between_machines_verified_against_their_manifest(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.url(prefix())
+    monkeypatch.setenv("SAFECACHE_REMOTE_KEY", "the-fleet-secret")
+    a = safecache.Cache(tmp_path / "a", remote=url, auto_trim=False)
+    made = a.bucket("wheels").trees.get_or_create("pkg-1.0", _fill_tree)
+    data = (Path(made.path) / "pkg" / "data.bin").read_bytes()
+    a.close()
+    b = safecache.Cache(tmp_path / "b", remote=url, auto_trim=False)
+    tree = b.bucket("wheels").trees.get("pkg-1.0")
+    assert tree is not None and tree.verify() == []
+    report = tree.place(tmp_path / "env", mode="copy")
+    assert report.complete
+    assert (tmp_path / "env" / "pkg" / "data.bin").read_bytes() == data
+    assert os.readlink(tmp_path / "env" / "pkg" / "alias.py") == "__init__.py"
+    b.close()
+    # a machine with another key refuses the tree
+    monkeypatch.setenv("SAFECACHE_REMOTE_KEY", "another-secret")
+    c = safecache.Cache(tmp_path / "c", remote=url, auto_trim=False)
+    assert c.bucket("wheels").trees.get("pkg-1.0") is None
+    assert c.tier is not None and c.tier.stats.refused.get("bad-signature") == 1
+    c.close()

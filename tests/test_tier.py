@@ -331,3 +331,67 @@ def test_info_shows_what_the_remote_did(tmp_path: Path, remote: tuple[dict[str, 
     assert (row["remote_hits"], row["remote_misses"]) == (1, 1)
     text = render_info(maintenance.info(safecache.Cache(tmp_path / "a")))
     assert "remote b/v0: 0 hits, 0 misses, 1 uploads (0 dropped)" in text
+
+
+# -- trees through the remote ------------------------------------------------------------------------
+def _fill(path: str) -> None:
+    import os as _os
+
+    _os.makedirs(_os.path.join(path, "pkg", "sub"))
+    Path(path, "pkg", "__init__.py").write_text("print('hello')\n")
+    Path(path, "pkg", "sub", "data.bin").write_bytes(bytes(range(256)) * 100)
+    _os.symlink("__init__.py", _os.path.join(path, "pkg", "link.py"))
+
+
+def test_a_tree_committed_on_one_machine_is_placed_on_another(
+    tmp_path: Path, remote: tuple[dict[str, bytes], list[str]]
+) -> None:
+    a = machine(tmp_path, "a")
+    a.bucket("wheels").trees.get_or_create("pkg-1.0", _fill)
+    a.close()
+    assert any(name.startswith("cas/") for name in remote[0])
+    b = machine(tmp_path, "b")
+    tree = b.bucket("wheels").trees.get("pkg-1.0")
+    assert tree is not None and tree.verify() == []
+    dest = tmp_path / "venv"
+    report = tree.place(dest, mode="copy")
+    assert report.complete
+    assert (dest / "pkg" / "sub" / "data.bin").read_bytes() == bytes(range(256)) * 100
+    assert (dest / "pkg" / "link.py").is_symlink()
+    assert b.tier is not None and b.tier.stats.hits == 1
+
+
+@pytest.mark.parametrize("offset", [2, 20, 200, -1, -300])
+def test_a_damaged_tree_archive_is_a_miss_and_nothing_is_committed(
+    tmp_path: Path, remote: tuple[dict[str, bytes], list[str]], offset: int
+) -> None:
+    a = machine(tmp_path, "a")
+    a.bucket("wheels").trees.get_or_create("pkg-1.0", _fill)
+    a.close()
+    (name,) = [n for n in remote[0] if n.startswith("cas/")]
+    blob = bytearray(remote[0][name])
+    blob[offset] ^= 0x40
+    remote[0][name] = bytes(blob)
+    b = machine(tmp_path, "b")
+    assert b.bucket("wheels").trees.get("pkg-1.0") is None
+    assert not list((tmp_path / "b").rglob("__init__.py"))
+
+
+def test_a_tree_archive_whose_manifest_escapes_the_tree_is_refused(
+    tmp_path: Path, remote: tuple[dict[str, bytes], list[str]]
+) -> None:
+    import json
+
+    from safecache import _format, _keys, _tree_remote
+
+    digest = _keys.key_digest("evil")
+    manifest = {"manifest": 1, "tree": "0" * 32, "kind": "built", "created_ns": 1, "dirs": [],
+                "files": [["../../outside.txt", 4, 420, _keys.new_blake2b_128().hexdigest()]], "symlinks": []}
+    payload = json.dumps(manifest).encode()
+    entry = _format.pack_header(len(payload), 1, bytes.fromhex(digest), _format.crc32(payload), 1) + payload
+    archive = _tree_remote.MAGIC + len(entry).to_bytes(8, "little") + entry + b"evil"
+    name = _tree_remote.object_name("wheels", 0, digest)
+    remote[0][name] = _tier.seal(name, archive, key=None, compress=False)
+    b = machine(tmp_path, "b")
+    assert b.bucket("wheels").trees.get("evil") is None
+    assert not (tmp_path / "outside.txt").exists()

@@ -41,6 +41,8 @@ from ._remote_open import open_remote
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 if TYPE_CHECKING:
+    from typing import Callable
+
     from ._bucket import Bucket
     from ._cache import Cache
     from ._stats import Counters
@@ -187,7 +189,7 @@ class Tier:
         self._failures = 0
         self._open_until = 0.0
         self._off_reason = ""
-        self._queue: list[tuple[str, str, Counters, int]] = []  # (name, path, counters, bytes counted)
+        self._queue: list[tuple[str, str | Callable[[], bytes | None], Counters, int]] = []  # (name, path, counters, bytes counted)
         self._queued_bytes = 0
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -283,6 +285,38 @@ class Tier:
             return None
         name = object_name(bucket.name, bucket.version, digest)
         counters = bucket.counters
+        entry = self.fetch_object(name, counters)
+        if entry is None:
+            return None
+        try:
+            header, payload = _format.decode_small(entry, bytes.fromhex(digest))
+        except _format.Invalid as exc:
+            self.refuse(name, counters, f"invalid-{exc.reason}")
+            return None
+        if header.expired(time.time_ns()):
+            self.stats.misses += 1
+            counters.remote_misses += 1
+            return None
+        self.stats.hits += 1
+        counters.remote_hits += 1
+        if self.cache.writable and bucket.directory is not None and bucket._writable("put"):
+            try:
+                _fs.write_file(path, [entry], budget=self.cache.retry_budget, mode=self.cache.file_mode)
+                bucket.counters.size += len(entry)
+                bucket.counters.entries += 1
+            except OSError as exc:
+                bucket.counters.error(self.cache._failed("put", exc, path))
+        return bytes(payload)
+
+    def fetch_object(self, name: str, counters: Counters) -> bytes | None:
+        """The unsealed bytes of the remote object ``name`` (checked: size,
+        compression, signature), or None (absent, refused, failed: counted).
+        Never raises in lenient mode."""
+        if not self.reads:
+            return None
+        store = self._available()
+        if store is None:
+            return None
         started = time.monotonic()
         try:
             blob = self._call("get", store.get, name, max_size=self.max_size + 64 * 1024)
@@ -298,44 +332,37 @@ class Tier:
         assert isinstance(blob, bytes)
         try:
             entry = unseal(name, blob, key=self.key, max_size=self.max_size)
-            header, payload = _format.decode_small(entry, bytes.fromhex(digest))
-        except (Refused, _format.Invalid) as exc:
-            cause = exc.cause if isinstance(exc, Refused) else f"invalid-{exc.reason}"
-            self.stats.refused[cause] = self.stats.refused.get(cause, 0) + 1
-            self.stats.misses += 1
-            counters.remote_misses += 1
-            counters.error("remote-refused-" + cause)
-            _policy.logger().info("safecache: remote object %s of %s refused: %s", name, self.display, cause)
+        except Refused as exc:
+            self.refuse(name, counters, exc.cause)
             return None
-        if header.expired(time.time_ns()):
-            self.stats.misses += 1
-            counters.remote_misses += 1
-            return None
-        self.stats.hits += 1
         self.stats.bytes_read += len(blob)
-        counters.remote_hits += 1
         counters.remote_bytes_read += len(blob)
-        if self.cache.writable and bucket.directory is not None and bucket._writable("put"):
-            try:
-                _fs.write_file(path, [entry], budget=self.cache.retry_budget, mode=self.cache.file_mode)
-                bucket.counters.size += len(entry)
-                bucket.counters.entries += 1
-            except OSError as exc:
-                bucket.counters.error(self.cache._failed("put", exc, path))
-        return bytes(payload)
+        return entry
+
+    def refuse(self, name: str, counters: Counters, cause: str) -> None:
+        """Count a remote object that must not be used (a miss)."""
+        self.stats.refused[cause] = self.stats.refused.get(cause, 0) + 1
+        self.stats.misses += 1
+        counters.remote_misses += 1
+        counters.error("remote-refused-" + cause)
+        _policy.logger().info("safecache: remote object %s of %s refused: %s", name, self.display, cause)
 
     # -- writing ------------------------------------------------------------------------------
     def upload(self, bucket: Bucket, digest: str, path: str, size: int) -> None:
         """Queue the local entry at ``path`` for upload (in the background)."""
+        self.upload_object(object_name(bucket.name, bucket.version, digest), path, bucket.counters, size)
+
+    def upload_object(self, name: str, source: str | Callable[[], bytes | None], counters: Counters, size: int) -> None:
+        """Queue an upload of ``source`` (a file's path, or a function making
+        the bytes, called in the uploader thread) as the object ``name``."""
         if not self.writes or self._off_reason or size > self.max_size + 64 * 1024:
             return
-        name = object_name(bucket.name, bucket.version, digest)
         with self._lock:
             if len(self._queue) >= QUEUE_ITEMS or self._queued_bytes + size > QUEUE_BYTES:
                 self.stats.dropped += 1
-                bucket.counters.remote_dropped += 1
+                counters.remote_dropped += 1
                 return
-            self._queue.append((name, path, bucket.counters, size))
+            self._queue.append((name, source, counters, size))
             self._queued_bytes += size
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="safecache-upload", daemon=True)
@@ -360,23 +387,32 @@ class Tier:
                     self._queued_bytes = max(0, self._queued_bytes - size)
                     self._wake.notify_all()
 
-    def _upload_one(self, name: str, path: str, counters: Counters) -> int:
-        opened = None
-        try:
-            opened = _fs.read_file(path, budget=0.5)
-        except OSError:
-            pass
-        if opened is None:
-            return 0
-        fd, block = opened
-        from . import _osops
+    def _upload_one(self, name: str, source: str | Callable[[], bytes | None], counters: Counters) -> int:
+        if callable(source):
+            try:
+                made = source()
+            except Exception:  # noqa: BLE001 - a background thread must never die on a cache problem
+                made = None
+            if made is None:
+                return 0
+            entry = made
+        else:
+            opened = None
+            try:
+                opened = _fs.read_file(source, budget=0.5)
+            except OSError:
+                pass
+            if opened is None:
+                return 0
+            fd, block = opened
+            from . import _osops
 
-        try:
-            entry = block + _fs.read_exact(fd, self.max_size + 64 * 1024)
-        except OSError:
-            return 0
-        finally:
-            _osops.current.close(fd)
+            try:
+                entry = block + _fs.read_exact(fd, self.max_size + 64 * 1024)
+            except OSError:
+                return 0
+            finally:
+                _osops.current.close(fd)
         store = self._available()
         if store is None:
             self.stats.dropped += 1

@@ -97,10 +97,15 @@ class Trees:
             return None
         digest = _keys.key_digest(key)
         try:
-            return self._load(digest)
+            tree = self._load(digest)
         except OSError as exc:
             self.bucket.counters.error(cache._failed("get_tree", exc, self._pointer(digest)))
             return None
+        if tree is None and cache.tier is not None:
+            from ._tree_remote import fetch  # only caches with a remote pay for it
+
+            tree = fetch(self, key, digest)
+        return tree
 
     def _load(self, digest: str) -> Tree | None:
         _status, manifest, _st = self._read(digest)
@@ -221,6 +226,10 @@ class Trees:
                 if _fs.write_file(pointer, [header, payload], replace=False, durable=cache.durable, budget=cache.retry_budget):
                     bucket.counters.writes += 1
                     bucket.counters.bytes_written += manifest.size
+                    if cache.tier is not None:
+                        from ._tree_remote import upload
+
+                        upload(self, digest, manifest)
                     return self._committed(manifest)
                 status, winner, st = self._read(digest)
                 if winner is not None and self._present(winner.tree_id):
