@@ -482,3 +482,36 @@ def test_rescanning_pointers_never_blocks_on_a_fifo(cache: safecache.Cache, root
     thread.join(30)
     assert done == [True], "a FIFO at a pointer hung the trim"
     assert tree.manifest.tree_id in b.referenced and fifo.name not in b.pointers  # skipped, never opened
+
+
+# -- expiry and metadata sidecars -----------------------------------------------------------------
+def test_trim_drops_entries_past_their_ttl_even_under_every_limit(
+    cache: safecache.Cache, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = cache.bucket("data", 1)
+    b.put("short", b"v" * 100, ttl=60)
+    b.put("forever", b"v" * 100)
+    later = time.time_ns() + 120 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: later)
+    report = maintenance.trim(cache, max_size=10**12, max_age=10**9)
+    assert report.removed_entries == 1
+    assert not Path(b.path_for("short")).exists()  # type: ignore[arg-type]
+    assert Path(b.path_for("forever")).exists()  # type: ignore[arg-type]
+
+
+def test_trim_removes_the_metadata_sidecar_with_its_entry_and_orphans(
+    cache: safecache.Cache, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = cache.bucket("data", 1)
+    b.put("kept", b"v", meta=b"m")
+    b.set_meta("kept", b"m2")
+    b.put("gone", b"v", ttl=1)
+    b.set_meta("gone", b"m2")
+    orphan = Path(b.path_for("kept")).parent / ("0" * 32 + ".meta")  # type: ignore[arg-type]
+    orphan.write_bytes(b"left by a crash")
+    later = time.time_ns() + 10 * 10**9  # past the ttl
+    monkeypatch.setattr(time, "time_ns", lambda: later)
+    maintenance.trim(cache, max_size=10**12, max_age=10**9)
+    sidecars = sorted(p.name for p in root.rglob("*.meta"))
+    assert sidecars == [Path(b.path_for("kept")).name + ".meta"]  # type: ignore[arg-type]
+    assert b.get_with_meta("kept") == (b"v", b"m2")

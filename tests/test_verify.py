@@ -210,3 +210,11 @@ def test_a_corrupt_counter_file_is_reported_and_repair_removes_it(cache: safecac
     assert all(p["kind"] == "counter" and p["bucket"] == "" for p in report.problems)
     maintenance.verify(cache, repair=True)
     assert not shard.exists() and maintenance.verify(cache).problems == []
+
+
+def test_verify_accepts_metadata_sidecars(cache: safecache.Cache, root: Path) -> None:
+    b = cache.bucket("data", 1)
+    b.put("k", b"v", meta=b"m")
+    b.set_meta("k", b"m2")
+    report = maintenance.verify(cache)
+    assert report.problems == []

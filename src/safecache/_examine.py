@@ -336,8 +336,9 @@ def load(
         _osops.current.close(fd)
 
 
-def kind_of(folder: Folder, name: str) -> int | None:
-    """The kind byte of a valid entry header; None if unreadable or invalid."""
+def header_of(folder: Folder, name: str) -> _format.Header | None:
+    """The header of the entry ``name`` (kind, expiry...); None if it is
+    unreadable or invalid."""
     try:
         opened = open_regular(folder, name)  # retries "in use" errors
     except OSError:
@@ -346,7 +347,7 @@ def kind_of(folder: Folder, name: str) -> int | None:
         return None
     fd, block, _st = opened
     try:
-        return _format.parse_header(block, bytes.fromhex(name)).kind
+        return _format.parse_header(block, bytes.fromhex(name))
     except Invalid:
         return None
     finally:

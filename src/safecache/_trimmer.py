@@ -14,7 +14,7 @@ import stat as _stat
 import time
 
 from . import _format, _layout
-from ._examine import Entry, Folder, kind_of, read_pointer
+from ._examine import Entry, Folder, header_of, read_pointer
 from ._format import Invalid
 from ._reclaim import discard_lock, drop_tree, purge, staging_in_use
 from ._walk import Dir, Run, TreeUnit, plan, present, shards, walk_shards
@@ -162,6 +162,8 @@ class Trimmer:
                     self.entry(shard, entry, b)
             elif _layout.is_temp(entry.name):
                 self.leftover_file(shard, entry, b)
+            elif _layout.is_meta(entry.name):
+                self.sidecar(shard, entry, b)
         objs, known = self.objects_folder(b, vf)
         try:
             for xx, shard, entry in walk_shards(run, b, vf, trees=True):
@@ -182,8 +184,16 @@ class Trimmer:
         st = run.lstat(entry, b.label)
         if st is None or not _stat.S_ISREG(st.st_mode):
             return
-        if self.expired(st.st_mtime) or (self.ci and kind_of(shard, entry.name) == _format.KIND_FETCHED):
+        # Entries past their ttl go first, whatever the limits (one header
+        # read per entry: the expiry is in the file, not in its metadata).
+        header = header_of(shard, entry.name)
+        if (
+            self.expired(st.st_mtime)
+            or (header is not None and header.expired(time.time_ns()))
+            or (self.ci and header is not None and header.kind == _format.KIND_FETCHED)
+        ):
             if run.remove(shard, entry.name, b.label):
+                run.remove(shard, _layout.meta_path(entry.name), b.label)  # its sidecar, if any
                 report.removed_entries += 1
                 report.freed_bytes += st.st_size
                 return
@@ -192,6 +202,12 @@ class Trimmer:
         b.size += st.st_size
         b.entries += 1
         self.hist.add(st.st_mtime, st.st_size)
+
+    def sidecar(self, shard: Folder, entry: Entry, b: Dir) -> None:
+        """A set_meta sidecar whose entry is gone: removed (readers ignore it
+        anyway; a stale one beside a live entry is removed by the next put)."""
+        if not present(shard, entry.name[: -len(_layout.META_SUFFIX)]):
+            self.run.remove(shard, entry.name, b.label)
 
     def leftover_file(self, folder: Folder, entry: Entry, b: Dir | None) -> None:
         """A temp file: removed once older than LEFTOVER_AGE (a live

@@ -136,8 +136,8 @@ class _Verifier:
     # -- entries -------------------------------------------------------------------
     def entry(self, shard: Folder, entry: Entry, xx: str) -> None:
         name = entry.name
-        if _layout.is_temp(name) or _layout.is_zombie(name):
-            return
+        if _layout.is_temp(name) or _layout.is_zombie(name) or (_layout.is_meta(name) and entry.is_file()):
+            return  # (a set_meta sidecar is checked by every reader against its value)
         if entry.is_file() and _layout.is_digest(name) and _layout.shard_of(name) == xx:
             self.content(shard, entry)
         else:
