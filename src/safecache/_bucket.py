@@ -6,7 +6,7 @@ import os
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
 
-from . import _format, _fs, _keys, _layout, _listing, _locks, _osops, _policy, _read, _stats, _trust, _write
+from . import _format, _fs, _keys, _layout, _locks, _osops, _policy, _read, _stats, _trust, _write
 from ._errors import CachePermissionError, CacheReadOnlyError, LockTimeoutError
 from ._format import HEADER_SIZE, Invalid
 from ._location import DISABLED, READ_ONLY, READY
@@ -517,16 +517,18 @@ class Bucket:
         at all if removed meanwhile).  Entries whose key was not stored (over
         16 KiB encoded, or written by safecache 0.1) have ``key`` None.
         Since 0.2."""
-        return _listing.items(self)
+        from ._listing import items  # listing is for tools that need it: not every run pays its import
+
+        return items(self)
 
     def keys(self) -> Iterator[object]:
         """The keys of :meth:`items` (those that were stored), as given to
         ``put`` and normalised as docs/keys.md says.  A walk.  Since 0.2."""
-        return (info.key for info in _listing.items(self) if info.key is not None)
+        return (info.key for info in self.items() if info.key is not None)
 
     def __len__(self) -> int:
         """The number of entries :meth:`items` lists (a walk).  Since 0.2."""
-        return sum(1 for _ in _listing.items(self))
+        return sum(1 for _ in self.items())
 
     def __iter__(self) -> Iterator[object]:
         return self.keys()
@@ -534,7 +536,9 @@ class Bucket:
     def clear(self) -> int:
         """Remove every entry of this bucket version; return how many were
         removed.  Entries written meanwhile may survive.  Since 0.2."""
-        return _listing.clear(self)
+        from ._listing import clear
+
+        return clear(self)
 
     # -- pickling, memoize, async ---------------------------------------------------------
     def __reduce__(self) -> tuple[object, ...]:
